@@ -1,0 +1,234 @@
+"""Datasets: any HF image-classification dataset (Hub id, Hub-layout folder or imagefolder) as train/val/test.
+
+Columns are found from the features, a missing validation split is carved from train (stratified and
+seeded), and images are made RGB and preprocessed with the backbone's own timm data config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+
+from .errors import MedftError
+
+VALIDATION_NAMES = ("validation", "valid", "val", "dev")
+TEST_NAMES = ("test", "testing")
+
+
+def bundled_dataset_path() -> str:
+    """BreastMNIST (MedMNIST v2, CC BY 4.0), shipped so the default command needs no download."""
+    return str(resources.files("medft_hf.bundled") / "breastmnist")
+
+
+@dataclass
+class ImageClassificationSplits:
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    test: datasets.Dataset | None
+    image_column: str
+    label_column: str
+    class_names: list[str]
+    validation_source: str  # "validation" (given) or "train" (carved out of it)
+
+
+def load_splits(
+    dataset: str | None,
+    dataset_config: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    val_fraction: float = 0.1,
+    max_train_samples: int | None = None,
+    seed: int = 42,
+) -> ImageClassificationSplits:
+    """Load a dataset and return checked train / validation / test splits with one ClassLabel column."""
+    source = dataset or bundled_dataset_path()
+    try:
+        loaded = datasets.load_dataset(source, dataset_config)
+    except FileNotFoundError as error:
+        raise MedftError(
+            f"--dataset {source}: not found locally or on the Hugging Face Hub ({error}). Pass a Hub dataset "
+            "id, a folder in Hub layout, or an imagefolder (one sub-folder per class)."
+        ) from error
+    except (ConnectionError, OSError) as error:
+        raise MedftError(
+            f"--dataset {source}: could not be loaded ({error}). If the Hub is unreachable, pass a local "
+            "folder (Hub layout or imagefolder) or set HF_DATASETS_OFFLINE=1 to use the cache."
+        ) from error
+    except ValueError as error:  # e.g. a config name is required or unknown
+        raise MedftError(f"--dataset {source}: {error} Pass --dataset_config NAME.") from error
+    if not isinstance(loaded, datasets.DatasetDict):
+        loaded = datasets.DatasetDict({"train": loaded})
+    if "train" not in loaded:
+        raise MedftError(f"--dataset {source}: no 'train' split (found {sorted(loaded)}).")
+
+    train = loaded["train"]
+    image_column = _find_image_column(train.features, image_column, source)
+    label_column = _find_label_column(train.features, label_column, image_column, source)
+    loaded = _as_class_label(loaded, label_column)
+    class_names = list(loaded["train"].features[label_column].names)
+
+    validation_name = next((name for name in VALIDATION_NAMES if name in loaded), None)
+    test_name = next((name for name in TEST_NAMES if name in loaded), None)
+    train = loaded["train"]
+    if validation_name is None:
+        if not 0 < val_fraction < 1:
+            raise MedftError(f"--val_fraction {val_fraction}: must be between 0 and 1.")
+        try:
+            carved = train.train_test_split(
+                test_size=val_fraction, stratify_by_column=label_column, seed=seed
+            )
+        except ValueError as error:
+            raise MedftError(
+                f"{source}: cannot carve a stratified validation split ({error}). Raise --val_fraction or "
+                "give the dataset a validation split."
+            ) from error
+        train, validation = carved["train"], carved["test"]
+    else:
+        validation = loaded[validation_name]
+    if max_train_samples is not None and max_train_samples < len(train):
+        train = train.shuffle(seed=seed).select(range(max_train_samples))
+
+    splits = ImageClassificationSplits(
+        train=train,
+        validation=validation,
+        test=loaded[test_name] if test_name else None,
+        image_column=image_column,
+        label_column=label_column,
+        class_names=class_names,
+        validation_source="validation" if validation_name else "train",
+    )
+    _check_labels(splits, source)
+    return splits
+
+
+def _find_image_column(features: datasets.Features, requested: str | None, source: str) -> str:
+    if requested is not None:
+        if requested not in features:
+            raise MedftError(f"--image_column {requested}: not in {source} (columns: {list(features)}).")
+        return requested
+    found = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
+    if not found:
+        raise MedftError(
+            f"{source}: no image column (columns: {dict(features)}). Pass --image_column NAME, or cast "
+            "the column to datasets.Image()."
+        )
+    return found[0]
+
+
+def _find_label_column(
+    features: datasets.Features, requested: str | None, image_column: str, source: str
+) -> str:
+    if requested is not None:
+        if requested not in features:
+            raise MedftError(f"--label_column {requested}: not in {source} (columns: {list(features)}).")
+        return requested
+    class_labels = [name for name, f in features.items() if isinstance(f, datasets.ClassLabel)]
+    if class_labels:
+        return class_labels[0]
+    for name in ("label", "labels", "class", "target"):
+        if name in features and name != image_column:
+            return name
+    raise MedftError(
+        f"{source}: no label column (columns: {list(features)}). Pass --label_column NAME "
+        "(a ClassLabel, int or string column)."
+    )
+
+
+def _as_class_label(loaded: datasets.DatasetDict, label_column: str) -> datasets.DatasetDict:
+    """Map an int or string label column to a ClassLabel over all splits, so every split agrees on ids."""
+    feature = loaded["train"].features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return loaded
+    dtype = getattr(feature, "dtype", None)
+    values = sorted({v for split in loaded.values() for v in split.unique(label_column)})
+    if dtype == "string":
+        names = [str(v) for v in values]
+        encode = {name: i for i, name in enumerate(names)}
+        loaded = loaded.map(lambda row: {label_column: encode[row[label_column]]})
+    elif dtype is not None and dtype.startswith(("int", "uint")):
+        if values and values[0] < 0:
+            raise MedftError(f"label column {label_column!r} has negative labels ({values[0]}).")
+        names = [str(i) for i in range(int(values[-1]) + 1)] if values else []
+    else:
+        raise MedftError(
+            f"label column {label_column!r} has type {feature}; it must be a ClassLabel, int or string column."
+        )
+    return loaded.cast_column(label_column, datasets.ClassLabel(names=names))
+
+
+def _check_labels(splits: ImageClassificationSplits, source: str) -> None:
+    num_classes = len(splits.class_names)
+    if num_classes < 2:
+        raise MedftError(f"{source}: needs at least two classes, found {splits.class_names}.")
+    named = {"train": splits.train, "validation": splits.validation, "test": splits.test}
+    for name, split in named.items():
+        if split is None:
+            continue
+        if len(split) == 0:
+            raise MedftError(f"{source}: the {name} split is empty. Give it rows or drop it.")
+        labels = np.asarray(split[splits.label_column])
+        bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+        if bad.size:
+            raise MedftError(
+                f"{source}: {name} row {int(bad[0])} has label {int(labels[bad[0]])}, outside 0..{num_classes - 1} "
+                f"({bad.size} such rows). Fix or drop those rows."
+            )
+    counts = np.bincount(np.asarray(splits.train[splits.label_column]), minlength=num_classes)
+    missing = [splits.class_names[i] for i in np.flatnonzero(counts == 0)]
+    if missing:
+        raise MedftError(
+            f"{source}: no training image for class(es) {missing}. Every class needs training images; "
+            "check the split or raise --max_train_samples."
+        )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode (grayscale, RGBA, palette, 16-bit, float) as 8-bit RGB for a 3-channel backbone."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float32)
+        low, high = float(array.min()), float(array.max())
+        array = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+        image = Image.fromarray(array.astype(np.uint8))
+    return image.convert("RGB")
+
+
+class ImageClassificationDataset(torch.utils.data.Dataset):
+    """Rows of an HF split as `{"pixel_values", "labels"}`; a corrupt image is reported with its row."""
+
+    def __init__(self, split: datasets.Dataset, image_column: str, label_column: str, transform, name: str):
+        self.split = split.select_columns([image_column, label_column])
+        self.image_column, self.label_column = image_column, label_column
+        self.transform, self.name = transform, name
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            row = self.split[index]
+            image = to_rgb(row[self.image_column])
+        except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for undecodable bytes
+            raise MedftError(
+                f"{self.name} row {index}: the image cannot be decoded ({error}). Fix or drop that row."
+            ) from error
+        return {"pixel_values": self.transform(image), "labels": row[self.label_column]}
+
+
+def build_transforms(timm_model: torch.nn.Module, image_size: int) -> tuple[Any, Any]:
+    """Train and eval transforms from the backbone's pretrained config (mean/std/interpolation), at `image_size`.
+
+    Training: random resized crop of 50-100% of the image and a horizontal flip, no colour jitter (the
+    intensity of a medical image carries meaning). Evaluation: the whole image resized, no crop.
+    """
+    config = resolve_data_config(model=timm_model)
+    config.update(input_size=(3, image_size, image_size), crop_pct=1.0)
+    train = create_transform(**config, is_training=True, scale=(0.5, 1.0), hflip=0.5, color_jitter=None)
+    evaluation = create_transform(**config, is_training=False)
+    return train, evaluation

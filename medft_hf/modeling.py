@@ -1,0 +1,121 @@
+"""Backbones: any timm Hub model (or a local folder in the same layout) as a transformers model.
+
+The result is a `TimmWrapperForImageClassification`, so `save_pretrained`, `from_pretrained`,
+`pipeline("image-classification")` and `timm.create_model("local-dir:...")` all work on what we save.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from timm.models import group_parameters
+from transformers import TimmWrapperForImageClassification
+
+from .errors import MedftError
+
+DEFAULT_MODEL = "timm/densenet121.tv_in1k"
+TIMM_PREFIX = "timm_model."
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """A backbone cut into timm's coarse parameter groups, ordered from the stem to the last block.
+
+    `head` holds the classifier layers: everything after the last feature block (for VGG that includes
+    the fc6/fc7 `pre_logits`). Names are those of `model.named_parameters()` on the wrapper.
+    """
+
+    blocks: tuple[tuple[str, ...], ...]
+    head: tuple[str, ...]
+
+    @property
+    def backbone(self) -> tuple[str, ...]:
+        return tuple(name for block in self.blocks for name in block)
+
+    @classmethod
+    def from_model(cls, model: TimmWrapperForImageClassification) -> BlockLayout:
+        timm_model = model.timm_model
+        groups = [
+            tuple(TIMM_PREFIX + name for name in names)
+            for names in group_parameters(timm_model, timm_model.group_matcher(coarse=True)).values()
+        ]
+        *blocks, head = groups
+        # timm leaves un-matched parameters (the classifier, but also e.g. DenseNet's final `norm5`) in the
+        # last group; what sits inside the last feature module belongs to the backbone, not to the head.
+        last_feature = TIMM_PREFIX + timm_model.feature_info[-1]["module"] + "."
+        in_features = tuple(name for name in head if name.startswith(last_feature))
+        if in_features:
+            blocks[-1] = blocks[-1] + in_features
+            head = tuple(name for name in head if name not in in_features)
+        if not blocks or not head:
+            raise MedftError(
+                f"timm's group_matcher for {model.config.architecture!r} gives no separate classifier; "
+                "choose a timm CNN such as resnet50, densenet121, vgg19 or efficientnet."
+            )
+        return cls(blocks=tuple(blocks), head=head)
+
+
+def load_model(model_name_or_path: str, class_names: list[str]) -> TimmWrapperForImageClassification:
+    """Load a pretrained timm backbone with a new, small-initialised head for `class_names`.
+
+    The head comes from transformers' `_init_weights` (normal, std = `initializer_range` = 0.02, zero bias):
+    timm's own fan-out init starts EfficientNet logits at std ~15, which stalls a linear probe.
+    Weights are read from safetensors only; no remote code is ever run.
+    """
+    local = Path(model_name_or_path)
+    if local.exists() and not (local / "config.json").is_file():
+        raise MedftError(
+            f"--model {model_name_or_path}: the folder has no config.json. Pass a folder in timm Hub layout "
+            "(config.json + model.safetensors), e.g. one written by `timm.models.push_to_hf_hub` or by this tool."
+        )
+    try:
+        model = TimmWrapperForImageClassification.from_pretrained(
+            model_name_or_path,
+            num_labels=len(class_names),
+            id2label=dict(enumerate(class_names)),
+            label2id={name: i for i, name in enumerate(class_names)},
+            ignore_mismatched_sizes=True,
+            use_safetensors=True,
+            trust_remote_code=False,
+        )
+    except RepositoryNotFoundError as error:
+        raise MedftError(
+            f"--model {model_name_or_path}: no such model on the Hugging Face Hub. Use a timm Hub id such as "
+            f"{DEFAULT_MODEL} or a local folder in timm Hub layout."
+        ) from error
+    except (OSError, HfHubHTTPError) as error:
+        raise MedftError(
+            f"--model {model_name_or_path}: could not be loaded ({_first_line(error)}). If the Hugging Face Hub "
+            "is unreachable and no cached copy exists, pass a local folder in timm Hub layout "
+            "(config.json + model.safetensors), e.g. --model ../shared/hub/tf_efficientnet_lite0.in1k_mli."
+        ) from error
+    except ValueError as error:
+        raise MedftError(f"--model {model_name_or_path}: not a timm model ({_first_line(error)}).") from error
+    # timm's config reader rejects `"model_args": null`, which transformers writes by default.
+    model.config.model_args = model.config.model_args or {}
+    return model
+
+
+def min_image_size(model: TimmWrapperForImageClassification) -> int:
+    """The smallest input the architecture accepts: its total down-sampling (DenseNet-121 fails under 32 px)."""
+    return int(model.timm_model.feature_info[-1]["reduction"])
+
+
+def record_input_config(model: TimmWrapperForImageClassification, image_size: int) -> None:
+    """Make the saved preprocessing config say what we trained with, so pipeline() and timm resize the same way."""
+    cfg = dict(model.config.pretrained_cfg or {})
+    for key in ("test_input_size", "test_crop_pct", "num_classes"):
+        cfg.pop(key, None)
+    cfg.update(input_size=[3, image_size, image_size], crop_pct=1.0, fixed_input_size=False)
+    model.config.pretrained_cfg = cfg
+
+
+def count_trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -1,0 +1,34 @@
+"""The paper's eight fine-tuning strategies, one module each, in one registry (`STRATEGIES`).
+
+Adding a ninth: write a module with a `Strategy` subclass decorated with `@register_strategy` (and a config
+dataclass if it has flags), import it here, and add `hub_configs/strategies/<name>.yaml` for its defaults.
+"""
+
+# Registration order is the paper's order, which `--help` and the study follow.
+from . import ft, lp, lpft, gradual_unfreezing, sp, auto_rgn  # noqa: I001
+from .base import STRATEGIES, Strategy, StrategyConfig, build_strategy, register_strategy
+
+
+def strategy_config_classes() -> list[type[StrategyConfig]]:
+    """Every distinct config dataclass, for the command-line parser (strategies may share one)."""
+    return list(
+        dict.fromkeys(
+            cls.config_class for cls in STRATEGIES.values() if cls.config_class is not StrategyConfig
+        )
+    )
+
+
+__all__ = [
+    "STRATEGIES",
+    "Strategy",
+    "StrategyConfig",
+    "auto_rgn",
+    "build_strategy",
+    "ft",
+    "gradual_unfreezing",
+    "lp",
+    "lpft",
+    "register_strategy",
+    "sp",
+    "strategy_config_classes",
+]

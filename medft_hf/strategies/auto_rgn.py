@@ -1,0 +1,97 @@
+"""`auto_rgn`: surgical fine-tuning with relative gradient norms (Lee et al. 2023, "Surgical Fine-Tuning
+Improves Adaptation to Distribution Shifts", ICLR; arXiv 2210.11466).
+
+At the start of every epoch each parameter tensor's gradient is measured on `rgn_batches` training batches;
+its learning rate becomes base × RGN / max RGN, RGN = ‖∇w‖ / ‖w‖ (averaged over the batches), so the layers
+whose gradients are large relative to their weights train most. As in the official code
+(anniesch/surgical-finetuning, main.py): BatchNorm parameters are left out of the optimizer and Adam's moments
+start afresh each epoch (the official code builds a new Adam). Unlike it, the factors multiply the Trainer's
+scheduled rate (warm-up and decay still apply) and measuring leaves BatchNorm running statistics untouched.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from timm.optim import param_groups_weight_decay
+from torch import nn
+
+from .base import BatchSource, Strategy, StrategyConfig, register_strategy
+
+
+@dataclass
+class AutoRGNConfig(StrategyConfig):
+    rgn_batches: int | None = field(
+        default=None,
+        metadata={"help": "auto_rgn: training batches the relative gradient norms are averaged over."},
+    )
+
+
+@register_strategy
+class AutoRGN(Strategy):
+    name = "auto_rgn"
+    summary = "Auto-RGN: each tensor's learning rate ∝ its relative gradient norm, re-measured every epoch"
+    reference = "Lee et al. 2023, 'Surgical Fine-Tuning Improves Adaptation to Distribution Shifts', ICLR"
+    config_class = AutoRGNConfig
+    resets_optimizer_state = True
+
+    def setup(self, model: nn.Module) -> None:
+        norm_parameters = {
+            f"{module_name}.{name}"
+            for module_name, module in model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            for name, _ in module.named_parameters(recurse=False)
+        }
+        self.names = [name for name, _ in model.named_parameters() if name not in norm_parameters]
+        self.history: list[dict[str, float]] = []
+
+    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+        """One group per tensor (each gets its own rate); BatchNorm is left out, so it never updates."""
+        parameters = dict(model.named_parameters())
+        decay_rule = param_groups_weight_decay(model, weight_decay)
+        decay_of = {id(p): group["weight_decay"] for group in decay_rule for p in group["params"]}
+        return [
+            {"params": [parameters[name]], "weight_decay": decay_of[id(parameters[name])]}
+            for name in self.names
+        ]
+
+    def lr_scales(self, model: nn.Module, epoch: int, batches: BatchSource) -> list[float]:
+        rgn = self.relative_gradient_norms(model, batches)
+        largest = max(rgn.values())
+        scales = {name: value / largest for name, value in rgn.items()}
+        self.history.append(scales)
+        return [scales[name] for name in self.names]
+
+    def relative_gradient_norms(self, model: nn.Module, batches: BatchSource) -> dict[str, float]:
+        """Mean over batches of ‖∇w‖/‖w‖ per tensor, in training mode, leaving every buffer as it was."""
+        parameters = dict(model.named_parameters())
+        tensors = [parameters[name] for name in self.names]
+        buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+        totals = torch.zeros(len(tensors), dtype=torch.float64)
+        count = 0
+        model.train()
+        for batch in batches(self.config.rgn_batches):
+            loss = model(**batch).loss
+            gradients = torch.autograd.grad(loss, tensors, allow_unused=True)
+            totals += (
+                torch.stack(
+                    [
+                        (g.norm() if g is not None else torch.zeros((), device=w.device))
+                        / w.norm().clamp_min(1e-12)
+                        for g, w in zip(gradients, tensors)
+                    ]
+                )
+                .double()
+                .cpu()
+            )
+            count += 1
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
+        return dict(zip(self.names, (totals / count).tolist()))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = state["history"]

@@ -1,0 +1,126 @@
+"""What a fine-tuning strategy is: a small config dataclass plus the hooks the trainer calls.
+
+The trainer calls, in this order: `setup` once on the freshly loaded pretrained model, `param_groups` to
+build the optimizer, `begin_epoch` and `lr_scales` at every epoch boundary (after setting `num_epochs`),
+`prepare_forward` before every training forward, and `penalty` to add to every training loss.
+A strategy overrides only what it changes; the defaults are full fine-tuning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
+from importlib import resources
+from typing import Any, ClassVar
+
+import torch
+import yaml
+from timm.optim import param_groups_weight_decay
+from torch import nn
+
+from ..errors import MedftError
+from ..modeling import BlockLayout
+
+BatchSource = Callable[[int], Iterable[dict[str, torch.Tensor]]]
+
+
+@dataclass
+class StrategyConfig:
+    """Flags shared by no strategy. Subclasses add theirs; a field left at None takes the YAML default."""
+
+    def resolved(self, strategy_name: str) -> StrategyConfig:
+        """This config with every None replaced by `hub_configs/strategies/<name>.yaml`."""
+        defaults = strategy_defaults(strategy_name)
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in values.items():
+            if value is None and name in defaults:
+                values[name] = defaults[name]
+        return type(self)(**values)
+
+
+def strategy_defaults(name: str) -> dict[str, Any]:
+    path = resources.files("medft_hf.hub_configs") / "strategies" / f"{name}.yaml"
+    if not path.is_file():
+        return {}
+    return yaml.safe_load(path.read_text()).get("defaults") or {}
+
+
+class Strategy:
+    """Full fine-tuning: every parameter trains from step 0 (the base every other strategy extends)."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    reference: ClassVar[str]
+    config_class: ClassVar[type[StrategyConfig]] = StrategyConfig
+    # True when the set of trainable tensors changes during training (DDP must then look for unused ones).
+    changes_trainable_set: ClassVar[bool] = False
+    # True when the optimizer's moments must start afresh at every epoch boundary.
+    resets_optimizer_state: ClassVar[bool] = False
+
+    def __init__(self, config: StrategyConfig, layout: BlockLayout):
+        self.config = config
+        self.layout = layout
+        self.num_epochs = 1  # the trainer sets the real number when training starts
+        self._frozen_norms: list[nn.Module] = []
+
+    # ---- hooks a strategy may override -------------------------------------------------------------
+    def setup(self, model: nn.Module) -> None:
+        """Called once on the pretrained model, before any training step or checkpoint is loaded."""
+
+    def frozen_blocks(self, epoch: int) -> Sequence[int]:
+        """Indices into `layout.blocks` whose parameters and BatchNorm statistics stay fixed this epoch."""
+        return ()
+
+    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer groups over all parameters: timm's split (no decay for biases and norms)."""
+        return param_groups_weight_decay(model, weight_decay)
+
+    def lr_scales(self, model: nn.Module, epoch: int, batches: BatchSource) -> list[float] | None:
+        """Per-group learning-rate factors for this epoch, applied on top of the scheduler; None = all 1."""
+        return None
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        """A regularisation term added to the training loss (before backward, so DDP and AMP see it)."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ---- mechanics shared by every strategy ----------------------------------------------------------
+    def begin_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Freeze exactly `frozen_blocks(epoch)`; unfreeze everything else."""
+        frozen = {name for index in self.frozen_blocks(epoch) for name in self.layout.blocks[index]}
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name not in frozen)
+        self._frozen_norms = [
+            module
+            for name, module in model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and f"{name}.weight" in frozen
+        ]
+
+    def prepare_forward(self, model: nn.Module) -> None:
+        """Keep frozen BatchNorm in eval mode (its running statistics fixed) after the Trainer's model.train()."""
+        for module in self._frozen_norms:
+            module.eval()
+
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register_strategy(cls: type[Strategy]) -> type[Strategy]:
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def build_strategy(name: str, config: StrategyConfig, layout: BlockLayout) -> Strategy:
+    if name not in STRATEGIES:
+        raise MedftError(f"--strategy {name}: unknown. Choose one of: {', '.join(STRATEGIES)}.")
+    cls = STRATEGIES[name]
+    if not isinstance(config, cls.config_class):
+        raise MedftError(
+            f"--strategy {name} takes a {cls.config_class.__name__}, got {type(config).__name__}."
+        )
+    return cls(config.resolved(name), layout)

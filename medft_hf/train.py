@@ -1,0 +1,240 @@
+"""Fine-tune a pretrained timm backbone on a medical image dataset with one of the paper's eight strategies.
+
+    accelerate launch train.py --strategy lpft --model timm/densenet121.tv_in1k --dataset <hub id or folder>
+
+The recipe: parse arguments, load data and model (all checks happen here, before anything is written),
+build the strategy, train with the best epoch chosen on validation, evaluate the test split once, save.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from argparse import RawDescriptionHelpFormatter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import transformers
+from transformers import HfArgumentParser, TrainingArguments, set_seed
+
+from . import metrics as metrics_lib
+from .data import ImageClassificationDataset, build_transforms, load_splits
+from .errors import MedftError
+from .modeling import DEFAULT_MODEL, BlockLayout, load_model, min_image_size, record_input_config
+from .results import (
+    RESULTS_FILE,
+    environment,
+    epoch_history,
+    is_finished_run,
+    save_model_atomic,
+    write_json_atomic,
+)
+from .strategies import STRATEGIES, build_strategy, strategy_config_classes
+
+logger = logging.getLogger("medft_hf")
+
+
+@dataclass
+class ModelArguments:
+    strategy: str = field(
+        default="ft",
+        metadata={"help": "Fine-tuning strategy (see the list below).", "choices": list(STRATEGIES)},
+    )
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": "A timm Hub id (timm/resnet50.tv_in1k) or a local folder in timm Hub layout."},
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Train and evaluate at this size (default: the backbone's pretrained input size)."},
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Hub dataset id or a local folder (Hub layout or imagefolder). Default: the bundled "
+            "BreastMNIST (MedMNIST v2, CC BY 4.0)."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "The dataset's config name, if any."})
+    image_column: str | None = field(default=None, metadata={"help": "Default: the first Image column."})
+    label_column: str | None = field(default=None, metadata={"help": "Default: the first ClassLabel column."})
+    val_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "Share of train carved out (stratified, seeded) when there is no validation split."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Train on a seeded random subset of this many images."}
+    )
+
+
+@dataclass
+class MedftTrainingArguments(TrainingArguments):
+    """transformers' TrainingArguments with defaults for image classification from a pretrained CNN."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "Default: outputs/<strategy>."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a finished run in --output_dir instead of refusing to."}
+    )
+    num_train_epochs: float = 10.0
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_scheduler_type: str = "cosine"
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 64
+    eval_strategy: str = "epoch"
+    save_strategy: str = "epoch"
+    logging_strategy: str = "epoch"
+    save_total_limit: int | None = 1
+    load_best_model_at_end: bool = True
+    metric_for_best_model: str | None = "balanced_accuracy"
+    greater_is_better: bool | None = True
+    remove_unused_columns: bool = False
+
+
+def parse_args(argv: list[str] | None = None):
+    epilog = "strategies:\n" + "\n".join(
+        f"  {name:<9} {cls.summary}\n  {'':<9} ({cls.reference})" for name, cls in STRATEGIES.items()
+    )
+    parser = HfArgumentParser(
+        [ModelArguments, DataArguments, *strategy_config_classes(), MedftTrainingArguments],
+        description=__doc__,
+        epilog=epilog,
+        formatter_class=RawDescriptionHelpFormatter,
+    )
+    model_args, data_args, *strategy_configs, training_args = parser.parse_args_into_dataclasses(args=argv)
+    return model_args, data_args, strategy_configs, training_args
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, training_args) -> dict:
+    """Train and evaluate one model; returns what it writes to `results.json`."""
+    output_dir = Path(training_args.output_dir)
+    if is_finished_run(output_dir) and not training_args.overwrite_output_dir:
+        raise MedftError(
+            f"--output_dir {output_dir} holds a finished run ({RESULTS_FILE}). Choose another folder or pass "
+            "--overwrite_output_dir."
+        )
+    set_seed(training_args.seed)
+
+    # 1. Data and model: every check happens here, before anything is written.
+    splits = load_splits(
+        data_args.dataset,
+        data_args.dataset_config,
+        data_args.image_column,
+        data_args.label_column,
+        data_args.val_fraction,
+        data_args.max_train_samples,
+        seed=training_args.seed,
+    )
+    model = load_model(model_args.model, splits.class_names)
+    image_size = model_args.image_size or model.config.pretrained_cfg["input_size"][-1]
+    if image_size < min_image_size(model):
+        logger.warning(
+            "--image_size %d is below what %s accepts; images are resized up to %d.",
+            image_size,
+            model.config.architecture,
+            min_image_size(model),
+        )
+        image_size = min_image_size(model)
+    record_input_config(model, image_size)
+    train_transform, eval_transform = build_transforms(model.timm_model, image_size)
+
+    def as_torch(split, transform, name):
+        return ImageClassificationDataset(split, splits.image_column, splits.label_column, transform, name)
+
+    train_set = as_torch(splits.train, train_transform, "train")
+    validation_set = as_torch(splits.validation, eval_transform, "validation")
+    test_set = as_torch(splits.test, eval_transform, "test") if splits.test is not None else None
+
+    # 2. Strategy.
+    strategy_cls = STRATEGIES[model_args.strategy]
+    config = next(
+        (c for c in strategy_configs if type(c) is strategy_cls.config_class), strategy_cls.config_class()
+    )
+    strategy = build_strategy(model_args.strategy, config, BlockLayout.from_model(model))
+    if training_args.ddp_find_unused_parameters is None:
+        # Frozen tensors get no gradient; DDP must be told so instead of waiting for them.
+        training_args.ddp_find_unused_parameters = strategy.changes_trainable_set
+
+    # 3. Train; the best epoch is chosen on validation.
+    from .trainer import StrategyTrainer
+
+    trainer = StrategyTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=validation_set,
+        compute_metrics=metrics_lib.metrics_for_trainer(),
+        strategy=strategy,
+    )
+    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+
+    # 4. Evaluate the chosen model: validation, then the test split once.
+    metric = metrics_lib.load_metric()
+
+    def evaluate(dataset):
+        prediction = trainer.predict(dataset)
+        return metrics_lib.compute_classification_metrics(
+            prediction.predictions, prediction.label_ids, per_class=True, metric=metric
+        )
+
+    results = {
+        "strategy": model_args.strategy,
+        "strategy_config": asdict(strategy.config),
+        "model": model_args.model,
+        "architecture": model.config.architecture,
+        "dataset": data_args.dataset or "bundled:breastmnist",
+        "dataset_config": data_args.dataset_config,
+        "class_names": splits.class_names,
+        "validation_source": splits.validation_source,
+        "num_examples": {
+            "train": len(train_set),
+            "validation": len(validation_set),
+            "test": len(test_set or []),
+        },
+        "seed": training_args.seed,
+        "image_size": image_size,
+        "num_train_epochs": training_args.num_train_epochs,
+        "learning_rate": training_args.learning_rate,
+        "mixed_precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
+        "validation": evaluate(validation_set),
+        "test": evaluate(test_set) if test_set is not None else None,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "history": epoch_history(trainer.state.log_history, trainer.trainable_per_epoch),
+        "strategy_state": strategy.state_dict(),
+        "train_runtime_s": train_output.metrics["train_runtime"],
+        "environment": environment(),
+    }
+
+    # 5. Save: model first, results.json last (its presence marks a finished run).
+    if trainer.is_world_process_zero():
+        save_model_atomic(trainer.model, output_dir)
+        write_json_atomic(output_dir / RESULTS_FILE, results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    transformers.utils.logging.set_verbosity_warning()
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        model_args, data_args, strategy_configs, training_args = parse_args(argv)
+        if training_args.output_dir in (None, "trainer_output"):
+            training_args.output_dir = f"outputs/{model_args.strategy}"
+        results = run(model_args, data_args, strategy_configs, training_args)
+    except MedftError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    test = results["test"] or results["validation"]
+    print(
+        f"{results['strategy']}: test balanced accuracy {test['balanced_accuracy']:.4f}, AUROC {test['auroc']:.4f}; "
+        f"saved to {training_args.output_dir}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""A thin `transformers.Trainer` that hands every strategy decision to a `Strategy` object.
+
+It knows no strategy by name: the strategy builds the optimizer groups, decides at each epoch boundary what
+is frozen and how each group's learning rate is scaled, and may add a penalty to the loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import Trainer, TrainerCallback
+
+from .errors import MedftError
+from .modeling import count_trainable
+from .strategies import Strategy
+
+
+class StrategyTrainer(Trainer):
+    def __init__(self, *args, strategy: Strategy, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.strategy = strategy
+        self.strategy.setup(self.model)
+        self.trainable_per_epoch: dict[int, int] = {}
+        self.add_callback(StrategyCallback(self))
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer class and settings (--optim, betas, eps), over the strategy's groups.
+
+        Every parameter is in the optimizer from the start: a frozen tensor has no gradient, so the optimizer
+        skips it and it stays bit-identical; once unfrozen, its moments start from zero.
+        """
+        if self.optimizer is None:
+            model = model or self.model
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            groups = self.strategy.param_groups(model, self.args.weight_decay)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Keep frozen BatchNorm in eval mode after the Trainer's `model.train()`, and add the strategy's penalty.
+
+        This is the one hook between `training_step`'s `model.train()` and the forward. The penalty joins the
+        loss before backward, so gradient accumulation, AMP loss scaling and DDP's all-reduce all see it.
+        """
+        if not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        unwrapped = self.accelerator.unwrap_model(model)
+        self.strategy.prepare_forward(unwrapped)
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        penalty = self.strategy.penalty(unwrapped)
+        if penalty is not None:
+            loss = loss + penalty
+        return (loss, outputs) if return_outputs else loss
+
+    # ---- epoch boundaries (called by StrategyCallback) ------------------------------------------------
+    def begin_strategy_epoch(self, epoch: int) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        self.strategy.begin_epoch(model, epoch)
+        scales = self.strategy.lr_scales(model, epoch, lambda n: self._measurement_batches(n, epoch))
+        if scales is not None:
+            self._apply_lr_scales(scales)
+        if self.strategy.resets_optimizer_state:
+            self.optimizer.state.clear()
+        self.trainable_per_epoch[epoch] = count_trainable(model)
+
+    def _apply_lr_scales(self, scales: list[float]) -> None:
+        """Multiply each group's scheduled rate by its factor: base_lrs carry the factors, so every later
+        scheduler step (warm-up, decay) keeps them."""
+        scheduler = self.lr_scheduler
+        if not isinstance(scheduler, LambdaLR):
+            raise MedftError(
+                f"--strategy {self.strategy.name} scales learning rates per tensor and needs a LambdaLR-based "
+                f"schedule (linear, cosine, constant, ...); --lr_scheduler_type gave {type(scheduler).__name__}."
+            )
+        groups = self.optimizer.param_groups
+        if len(scales) != len(groups):
+            raise MedftError(
+                f"{self.strategy.name} gave {len(scales)} rate factors for {len(groups)} groups."
+            )
+        for index, (group, scale) in enumerate(zip(groups, scales)):
+            scheduler.base_lrs[index] = group["initial_lr"] * scale
+            group["lr"] = scheduler.base_lrs[index] * scheduler.lr_lambdas[index](scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in groups]
+
+    def _measurement_batches(self, count: int, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        """`count` training batches drawn with a generator seeded by (seed, epoch): the same on every rank and
+        on a rerun, and independent of the training data order."""
+        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + epoch)
+        batch_size = self.args.per_device_train_batch_size
+        order = torch.randperm(len(self.train_dataset), generator=generator).tolist()
+        for start in range(0, min(count * batch_size, len(order)), batch_size):
+            rows = [self.train_dataset[i] for i in order[start : start + batch_size]]
+            yield self._prepare_inputs(self.data_collator(rows))
+
+
+class StrategyCallback(TrainerCallback):
+    """Tells the strategy how long training is and when an epoch starts."""
+
+    def __init__(self, trainer: StrategyTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.strategy.num_epochs = math.ceil(state.num_train_epochs)
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.trainer.begin_strategy_epoch(math.floor(state.epoch + 1e-9))
