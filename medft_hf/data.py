@@ -81,9 +81,7 @@ def load_splits(
         if not 0 < val_fraction < 1:
             raise MedftError(f"--val_fraction {val_fraction}: must be between 0 and 1.")
         try:
-            carved = train.train_test_split(
-                test_size=val_fraction, stratify_by_column=label_column, seed=seed
-            )
+            carved = train.train_test_split(test_size=val_fraction, stratify_by_column=label_column, seed=seed)
         except ValueError as error:
             raise MedftError(
                 f"{source}: cannot carve a stratified validation split ({error}). Raise --val_fraction or "
@@ -122,9 +120,7 @@ def _find_image_column(features: datasets.Features, requested: str | None, sourc
     return found[0]
 
 
-def _find_label_column(
-    features: datasets.Features, requested: str | None, image_column: str, source: str
-) -> str:
+def _find_label_column(features: datasets.Features, requested: str | None, image_column: str, source: str) -> str:
     if requested is not None:
         if requested not in features:
             raise MedftError(f"--label_column {requested}: not in {source} (columns: {list(features)}).")

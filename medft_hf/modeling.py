@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from timm.models import group_parameters
-from transformers import TimmWrapperForImageClassification
+from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
 from .errors import MedftError
 
@@ -72,14 +72,17 @@ def load_model(model_name_or_path: str, class_names: list[str]) -> TimmWrapperFo
             "(config.json + model.safetensors), e.g. one written by `timm.models.push_to_hf_hub` or by this tool."
         )
     try:
-        model = TimmWrapperForImageClassification.from_pretrained(
+        config = TimmWrapperConfig.from_pretrained(
             model_name_or_path,
             num_labels=len(class_names),
             id2label=dict(enumerate(class_names)),
             label2id={name: i for i, name in enumerate(class_names)},
-            ignore_mismatched_sizes=True,
-            use_safetensors=True,
-            trust_remote_code=False,
+        )
+        # The head size is ours to set; timm repos may also record it in model_args, and timm's config reader
+        # rejects the `"model_args": null` that transformers writes by default.
+        config.model_args = {k: v for k, v in (config.model_args or {}).items() if k != "num_classes"}
+        model = TimmWrapperForImageClassification.from_pretrained(
+            model_name_or_path, config=config, ignore_mismatched_sizes=True, use_safetensors=True
         )
     except RepositoryNotFoundError as error:
         raise MedftError(
@@ -94,8 +97,6 @@ def load_model(model_name_or_path: str, class_names: list[str]) -> TimmWrapperFo
         ) from error
     except ValueError as error:
         raise MedftError(f"--model {model_name_or_path}: not a timm model ({_first_line(error)}).") from error
-    # timm's config reader rejects `"model_args": null`, which transformers writes by default.
-    model.config.model_args = model.config.model_args or {}
     return model
 
 

@@ -45,9 +45,7 @@ def is_finished_run(output_dir: str | Path) -> bool:
     return (Path(output_dir) / RESULTS_FILE).is_file()
 
 
-def epoch_history(
-    log_history: list[dict[str, Any]], trainable_per_epoch: dict[int, int]
-) -> list[dict[str, Any]]:
+def epoch_history(log_history: list[dict[str, Any]], trainable_per_epoch: dict[int, int]) -> list[dict[str, Any]]:
     """One row per epoch from the Trainer's log: training loss, learning rate, validation metrics, and the
     number of trainable parameters during that epoch."""
     rows: dict[int, dict[str, Any]] = {}

@@ -64,9 +64,7 @@ class DataArguments:
     label_column: str | None = field(default=None, metadata={"help": "Default: the first ClassLabel column."})
     val_fraction: float = field(
         default=0.1,
-        metadata={
-            "help": "Share of train carved out (stratified, seeded) when there is no validation split."
-        },
+        metadata={"help": "Share of train carved out (stratified, seeded) when there is no validation split."},
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Train on a seeded random subset of this many images."}
@@ -153,9 +151,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
 
     # 2. Strategy.
     strategy_cls = STRATEGIES[model_args.strategy]
-    config = next(
-        (c for c in strategy_configs if type(c) is strategy_cls.config_class), strategy_cls.config_class()
-    )
+    config = next((c for c in strategy_configs if type(c) is strategy_cls.config_class), strategy_cls.config_class())
     strategy = build_strategy(model_args.strategy, config, BlockLayout.from_model(model))
     if training_args.ddp_find_unused_parameters is None:
         # Frozen tensors get no gradient; DDP must be told so instead of waiting for them.

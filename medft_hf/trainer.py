@@ -77,10 +77,8 @@ class StrategyTrainer(Trainer):
             )
         groups = self.optimizer.param_groups
         if len(scales) != len(groups):
-            raise MedftError(
-                f"{self.strategy.name} gave {len(scales)} rate factors for {len(groups)} groups."
-            )
-        for index, (group, scale) in enumerate(zip(groups, scales)):
+            raise MedftError(f"{self.strategy.name} gave {len(scales)} rate factors for {len(groups)} groups.")
+        for index, (group, scale) in enumerate(zip(groups, scales, strict=True)):
             scheduler.base_lrs[index] = group["initial_lr"] * scale
             group["lr"] = scheduler.base_lrs[index] * scheduler.lr_lambdas[index](scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in groups]

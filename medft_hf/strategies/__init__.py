@@ -12,9 +12,7 @@ from .base import STRATEGIES, Strategy, StrategyConfig, build_strategy, register
 def strategy_config_classes() -> list[type[StrategyConfig]]:
     """Every distinct config dataclass, for the command-line parser (strategies may share one)."""
     return list(
-        dict.fromkeys(
-            cls.config_class for cls in STRATEGIES.values() if cls.config_class is not StrategyConfig
-        )
+        dict.fromkeys(cls.config_class for cls in STRATEGIES.values() if cls.config_class is not StrategyConfig)
     )
 
 

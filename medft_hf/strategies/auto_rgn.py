@@ -6,7 +6,9 @@ its learning rate becomes base × RGN / max RGN, RGN = ‖∇w‖ / ‖w‖ (ave
 whose gradients are large relative to their weights train most. As in the official code
 (anniesch/surgical-finetuning, main.py): BatchNorm parameters are left out of the optimizer and Adam's moments
 start afresh each epoch (the official code builds a new Adam). Unlike it, the factors multiply the Trainer's
-scheduled rate (warm-up and decay still apply) and measuring leaves BatchNorm running statistics untouched.
+scheduled rate (warm-up and decay still apply), measuring leaves BatchNorm running statistics untouched, and a
+tensor that is all zeros (the new head's bias) has no relative norm: it trains at the full rate instead of
+dividing by zero (which in the official code turns every other factor into 0).
 """
 
 from dataclasses import dataclass, field
@@ -50,45 +52,37 @@ class AutoRGN(Strategy):
         parameters = dict(model.named_parameters())
         decay_rule = param_groups_weight_decay(model, weight_decay)
         decay_of = {id(p): group["weight_decay"] for group in decay_rule for p in group["params"]}
-        return [
-            {"params": [parameters[name]], "weight_decay": decay_of[id(parameters[name])]}
-            for name in self.names
-        ]
+        return [{"params": [parameters[name]], "weight_decay": decay_of[id(parameters[name])]} for name in self.names]
 
     def lr_scales(self, model: nn.Module, epoch: int, batches: BatchSource) -> list[float]:
         rgn = self.relative_gradient_norms(model, batches)
-        largest = max(rgn.values())
-        scales = {name: value / largest for name, value in rgn.items()}
+        largest = max(value for value in rgn.values() if value == value)
+        scales = {name: value / largest if value == value else 1.0 for name, value in rgn.items()}
         self.history.append(scales)
         return [scales[name] for name in self.names]
 
     def relative_gradient_norms(self, model: nn.Module, batches: BatchSource) -> dict[str, float]:
-        """Mean over batches of ‖∇w‖/‖w‖ per tensor, in training mode, leaving every buffer as it was."""
+        """Mean over batches of ‖∇w‖/‖w‖ per tensor (NaN where w = 0), in training mode, leaving every buffer as
+        it was."""
         parameters = dict(model.named_parameters())
         tensors = [parameters[name] for name in self.names]
         buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
-        totals = torch.zeros(len(tensors), dtype=torch.float64)
+        gradient_norms = torch.zeros(len(tensors), dtype=torch.float64)
         count = 0
         model.train()
         for batch in batches(self.config.rgn_batches):
-            loss = model(**batch).loss
-            gradients = torch.autograd.grad(loss, tensors, allow_unused=True)
-            totals += (
-                torch.stack(
-                    [
-                        (g.norm() if g is not None else torch.zeros((), device=w.device))
-                        / w.norm().clamp_min(1e-12)
-                        for g, w in zip(gradients, tensors)
-                    ]
-                )
-                .double()
-                .cpu()
-            )
+            gradients = torch.autograd.grad(model(**batch).loss, tensors, allow_unused=True)
+            gradient_norms += torch.stack(
+                [torch.zeros(()) if g is None else g.detach().norm().cpu() for g in gradients]
+            ).double()
             count += 1
         with torch.no_grad():
             for name, buffer in model.named_buffers():
                 buffer.copy_(buffers[name])
-        return dict(zip(self.names, (totals / count).tolist()))
+        weight_norms = torch.stack([w.detach().norm().cpu() for w in tensors]).double()
+        rgn = (gradient_norms / count) / weight_norms
+        rgn[weight_norms == 0] = float("nan")
+        return dict(zip(self.names, rgn.tolist(), strict=True))
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}

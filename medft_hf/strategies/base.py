@@ -120,7 +120,5 @@ def build_strategy(name: str, config: StrategyConfig, layout: BlockLayout) -> St
         raise MedftError(f"--strategy {name}: unknown. Choose one of: {', '.join(STRATEGIES)}.")
     cls = STRATEGIES[name]
     if not isinstance(config, cls.config_class):
-        raise MedftError(
-            f"--strategy {name} takes a {cls.config_class.__name__}, got {type(config).__name__}."
-        )
+        raise MedftError(f"--strategy {name} takes a {cls.config_class.__name__}, got {type(config).__name__}.")
     return cls(config.resolved(name), layout)

@@ -13,9 +13,7 @@ from .base import Strategy, StrategyConfig, register_strategy
 class LPFTConfig(StrategyConfig):
     lp_epochs: int | None = field(
         default=None,
-        metadata={
-            "help": "lpft: epochs of linear probing before full fine-tuning (default: a quarter, >= 1)."
-        },
+        metadata={"help": "lpft: epochs of linear probing before full fine-tuning (default: a quarter, >= 1)."},
     )
 
 

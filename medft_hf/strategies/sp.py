@@ -50,7 +50,7 @@ class StartingPointRegularization(Strategy):
         distance = torch.stack(
             [
                 (parameters[name] - anchor).abs().pow(self.p).sum()
-                for name, anchor in zip(self.backbone_names, self.anchor)
+                for name, anchor in zip(self.backbone_names, self.anchor, strict=True)
             ]
         ).sum()
         head = torch.stack([parameters[name].pow(2).sum() for name in self.head_names]).sum()
@@ -61,9 +61,7 @@ class StartingPointRegularization(Strategy):
 class L1SP(StartingPointRegularization):
     name = "l1sp"
     summary = "L1-SP: loss + α·‖w − w⁰‖₁ on the backbone + β/2·‖w_head‖² (--sp_alpha, --sp_beta)"
-    reference = (
-        "Li, Grandvalet & Davoine 2018, 'Explicit Inductive Bias for Transfer Learning with CNNs', ICML"
-    )
+    reference = "Li, Grandvalet & Davoine 2018, 'Explicit Inductive Bias for Transfer Learning with CNNs', ICML"
     p = 1
 
 
@@ -71,7 +69,5 @@ class L1SP(StartingPointRegularization):
 class L2SP(StartingPointRegularization):
     name = "l2sp"
     summary = "L2-SP: loss + α/2·‖w − w⁰‖² on the backbone + β/2·‖w_head‖² (--sp_alpha, --sp_beta)"
-    reference = (
-        "Li, Grandvalet & Davoine 2018, 'Explicit Inductive Bias for Transfer Learning with CNNs', ICML"
-    )
+    reference = "Li, Grandvalet & Davoine 2018, 'Explicit Inductive Bias for Transfer Learning with CNNs', ICML"
     p = 2

@@ -63,9 +63,7 @@ class MedicalClassification(evaluate.Metric):
         result = {
             "accuracy": float(accuracy_score(references, predictions)),
             "balanced_accuracy": float(balanced_accuracy_score(references, predictions)),
-            "macro_f1": float(
-                f1_score(references, predictions, labels=labels, average="macro", zero_division=0)
-            ),
+            "macro_f1": float(f1_score(references, predictions, labels=labels, average="macro", zero_division=0)),
             "auroc": _auroc(np.asarray(references), scores, labels),
         }
         if per_class:
