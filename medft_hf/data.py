@@ -6,6 +6,7 @@ seeded), and images are made RGB and preprocessed with the backbone's own timm d
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -61,8 +62,12 @@ def load_splits(
             f"--dataset {source}: could not be loaded ({error}). If the Hub is unreachable, pass a local "
             "folder (Hub layout or imagefolder) or set HF_DATASETS_OFFLINE=1 to use the cache."
         ) from error
-    except ValueError as error:  # e.g. a config name is required or unknown
-        raise MedftError(f"--dataset {source}: {error} Pass --dataset_config NAME.") from error
+    except ValueError as error:
+        empty = re.search(r'Instruction "(\w+)" corresponds to no data', str(error))
+        if empty:
+            raise MedftError(f"--dataset {source}: the {empty[1]} split is empty. Give it rows or drop it.") from error
+        hint = " Pass --dataset_config NAME." if "config" in str(error).lower() else ""
+        raise MedftError(f"--dataset {source}: {error}{hint}") from error
     if not isinstance(loaded, datasets.DatasetDict):
         loaded = datasets.DatasetDict({"train": loaded})
     if "train" not in loaded:
@@ -128,9 +133,16 @@ def _find_label_column(features: datasets.Features, requested: str | None, image
     class_labels = [name for name, f in features.items() if isinstance(f, datasets.ClassLabel)]
     if class_labels:
         return class_labels[0]
-    for name in ("label", "labels", "class", "target"):
-        if name in features and name != image_column:
-            return name
+    candidates = [
+        name
+        for name, feature in features.items()
+        if name != image_column
+        and isinstance(feature, datasets.Value)
+        and (feature.dtype == "string" or feature.dtype.startswith(("int", "uint")))
+    ]
+    named = [name for name in ("label", "labels", "class", "target") if name in candidates]
+    if named or len(candidates) == 1:
+        return (named or candidates)[0]
     raise MedftError(
         f"{source}: no label column (columns: {list(features)}). Pass --label_column NAME "
         "(a ClassLabel, int or string column)."

@@ -7,11 +7,14 @@ is frozen and how each group's learning rate is scaled, and may add a penalty to
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterator
+from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, set_seed
 
 from .errors import MedftError
 from .modeling import count_trainable
@@ -56,14 +59,19 @@ class StrategyTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     # ---- epoch boundaries (called by StrategyCallback) ------------------------------------------------
-    def begin_strategy_epoch(self, epoch: int) -> None:
+    def begin_strategy_epoch(self, epoch: int, resumed_mid_epoch: bool = False) -> None:
+        """Freeze what the strategy says for `epoch`; at a true epoch start, also measure and apply its rate
+        factors and reset the optimizer if it asks to. Resuming inside an epoch, the factors and optimizer
+        state come back from the checkpoint with the optimizer and scheduler instead."""
         model = self.accelerator.unwrap_model(self.model)
         self.strategy.begin_epoch(model, epoch)
-        scales = self.strategy.lr_scales(model, epoch, lambda n: self._measurement_batches(n, epoch))
-        if scales is not None:
-            self._apply_lr_scales(scales)
-        if self.strategy.resets_optimizer_state:
-            self.optimizer.state.clear()
+        if not resumed_mid_epoch:
+            with isolated_rng(self.args.seed * 1_000_003 + epoch):
+                scales = self.strategy.lr_scales(model, epoch, lambda n: self._measurement_batches(n))
+            if scales is not None:
+                self._apply_lr_scales(scales)
+            if self.strategy.resets_optimizer_state:
+                self.optimizer.state.clear()
         self.trainable_per_epoch[epoch] = count_trainable(model)
 
     def _apply_lr_scales(self, scales: list[float]) -> None:
@@ -83,15 +91,25 @@ class StrategyTrainer(Trainer):
             group["lr"] = scheduler.base_lrs[index] * scheduler.lr_lambdas[index](scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in groups]
 
-    def _measurement_batches(self, count: int, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        """`count` training batches drawn with a generator seeded by (seed, epoch): the same on every rank and
-        on a rerun, and independent of the training data order."""
-        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + epoch)
+    def _measurement_batches(self, count: int) -> Iterator[dict[str, torch.Tensor]]:
+        """`count` random training batches (with training augmentation), drawn from the current RNG."""
         batch_size = self.args.per_device_train_batch_size
-        order = torch.randperm(len(self.train_dataset), generator=generator).tolist()
+        order = torch.randperm(len(self.train_dataset)).tolist()
         for start in range(0, min(count * batch_size, len(order)), batch_size):
             rows = [self.train_dataset[i] for i in order[start : start + batch_size]]
             yield self._prepare_inputs(self.data_collator(rows))
+
+
+@contextmanager
+def isolated_rng(seed: int) -> Iterator[None]:
+    """Run with every RNG seeded by `seed`, then put them back: what runs inside is a function of (seed, weights)
+    only, the same on every rank and after a resume, and the training run's random stream is not disturbed."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        set_seed(seed)
+        yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
 
 
 class StrategyCallback(TrainerCallback):
@@ -104,4 +122,5 @@ class StrategyCallback(TrainerCallback):
         self.trainer.strategy.num_epochs = math.ceil(state.num_train_epochs)
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.trainer.begin_strategy_epoch(math.floor(state.epoch + 1e-9))
+        epoch = math.floor(state.epoch + 1e-9)
+        self.trainer.begin_strategy_epoch(epoch, resumed_mid_epoch=state.epoch - epoch > 1e-9)

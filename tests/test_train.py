@@ -1,0 +1,159 @@
+"""End to end through `train.py`: outputs, loading them back three ways, bad input, mixed precision."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from conftest import SHARED, requires_shared
+from PIL import Image
+from transformers import AutoModelForImageClassification, pipeline
+
+from medft_hf.errors import MedftError
+from medft_hf.train import parse_args, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train(model: Path, dataset: Path | str | None, output_dir: Path, *flags: str) -> dict:
+    argv = [
+        "--model", str(model), "--output_dir", str(output_dir), "--image_size", "32",
+        "--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--use_cpu", "--seed", "0", *flags,
+    ]  # fmt: skip
+    if dataset is not None:
+        argv += ["--dataset", str(dataset)]
+    return run(*parse_args(argv))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model, tiny_dataset, tmp_path_factory) -> tuple[Path, dict]:
+    output_dir = tmp_path_factory.mktemp("run")
+    return output_dir, train(tiny_model, tiny_dataset, output_dir, "--strategy", "lpft")
+
+
+def test_results_json_has_the_promised_fields(finished_run):
+    output_dir, results = finished_run
+    on_disk = json.loads((output_dir / "results.json").read_text())
+    assert on_disk["strategy"] == "lpft" and on_disk["seed"] == 0
+    for split in ("validation", "test"):
+        assert {"accuracy", "balanced_accuracy", "macro_f1", "auroc"} <= set(on_disk[split])
+    assert [row["epoch"] for row in on_disk["history"]] == [1, 2]
+    lp, ft = on_disk["history"]
+    assert lp["trainable_parameters"] < ft["trainable_parameters"], "LP phase trains the head only"
+    assert {"train_loss", "validation"} <= set(lp)
+    assert on_disk["train_runtime_s"] > 0
+    assert on_disk["class_names"] == ["benign", "malignant", "normal"]
+
+
+def test_the_output_loads_three_ways_with_the_same_predictions(finished_run, tiny_dataset):
+    output_dir, results = finished_run
+    image = Image.open(_first_test_image(tiny_dataset))
+
+    hf_model = AutoModelForImageClassification.from_pretrained(output_dir).eval()
+    assert hf_model.config.id2label == {0: "benign", 1: "malignant", 2: "normal"}
+    timm_model = timm.create_model(f"local-dir:{output_dir}", pretrained=True).eval()
+    config = timm.data.resolve_data_config(model=timm_model)
+    assert config["input_size"] == (3, 32, 32), "the saved config records the training image size"
+    pixels = timm.data.create_transform(**config)(image.convert("RGB")).unsqueeze(0)
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(pixels).logits, timm_model(pixels))
+        probabilities = hf_model(pixels).logits.softmax(-1)[0]
+
+    classifier = pipeline("image-classification", model=str(output_dir), device="cpu")
+    predictions = classifier(image, top_k=3)
+    assert {p["label"] for p in predictions} == {"benign", "malignant", "normal"}
+    by_label = {p["label"]: p["score"] for p in predictions}
+    for index, name in hf_model.config.id2label.items():
+        assert by_label[name] == pytest.approx(probabilities[index].item(), abs=1e-4)
+
+
+def _first_test_image(dataset_dir: Path) -> Path:
+    import datasets
+
+    split = datasets.load_dataset(str(dataset_dir), split="test")
+    path = dataset_dir.parent / "first_test_image.png"
+    split[0]["image"].save(path)
+    return path
+
+
+def test_a_finished_run_is_not_overwritten(finished_run, tiny_model, tiny_dataset):
+    output_dir, _ = finished_run
+    before = (output_dir / "model.safetensors").read_bytes()
+    with pytest.raises(MedftError, match="finished run.*--overwrite_output_dir"):
+        train(tiny_model, tiny_dataset, output_dir)
+    assert (output_dir / "model.safetensors").read_bytes() == before
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tiny_model, tiny_dataset, tmp_path):
+    results = train(tiny_model, tiny_dataset, tmp_path, "--strategy", "l2sp", "--bf16")
+    assert results["mixed_precision"] == "bf16"
+    assert np.isfinite(results["history"][-1]["train_loss"])
+
+
+def test_same_seed_gives_the_same_results(tiny_model, tiny_dataset, tmp_path):
+    first = train(tiny_model, tiny_dataset, tmp_path / "a", "--strategy", "auto_rgn")
+    second = train(tiny_model, tiny_dataset, tmp_path / "b", "--strategy", "auto_rgn")
+    assert first["test"] == second["test"]
+    assert [r["train_loss"] for r in first["history"]] == [r["train_loss"] for r in second["history"]]
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_default_dataset_is_the_bundled_breastmnist(tiny_model, tmp_path):
+    results = train(tiny_model, None, tmp_path, "--strategy", "lp", "--num_train_epochs", "1")
+    assert results["class_names"] == ["malignant", "normal_or_benign"]
+    assert results["num_examples"] == {"train": 546, "validation": 78, "test": 156}
+
+
+def test_small_images_are_resized_up_to_the_architecture_minimum(tiny_model, tiny_dataset, tmp_path):
+    results = train(tiny_model, tiny_dataset, tmp_path, "--image_size", "8", "--num_train_epochs", "1")
+    assert results["image_size"] == 32
+
+
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def test_help_lists_the_eight_strategies():
+    result = _cli("--help")
+    assert result.returncode == 0
+    for name in ("ft", "lp", "lpft", "gu_lf", "gu_fl", "l1sp", "l2sp", "auto_rgn"):
+        assert f"\n  {name} " in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--strategy", "xx"], "invalid choice: 'xx'"),
+        (["--dataset", "/nonexistent/data"], "--dataset /nonexistent/data: not found"),
+        (["--model", "/nonexistent/model"], "--model /nonexistent/model: could not be loaded"),
+        (["--model", "timm/densenet121.tv_in1k"], "Hub is unreachable and no cached copy exists"),
+    ],
+)
+def test_bad_input_fails_with_one_clear_message(args, message, tmp_path, tiny_model):
+    result = _cli("--output_dir", str(tmp_path / "out"), "--model", str(tiny_model), *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists(), "nothing is written"
+
+
+@requires_shared("hub", "tf_efficientnet_lite0.in1k_mli")
+@requires_shared("data", "breastmnist")
+def test_real_backbone_on_real_data_beats_the_majority_baseline(tmp_path):
+    results = train(
+        SHARED / "hub" / "tf_efficientnet_lite0.in1k_mli", SHARED / "data" / "breastmnist", tmp_path,
+        "--strategy", "ft", "--image_size", "64", "--num_train_epochs", "3", "--learning_rate", "1e-3",
+        "--per_device_train_batch_size", "32",
+    )  # fmt: skip
+    support = results["test"]["per_class"]["support"]
+    majority = max(support) / sum(support)
+    assert results["test"]["accuracy"] > majority
+    assert results["test"]["balanced_accuracy"] > 0.6
