@@ -18,6 +18,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 from .errors import MedftError
+from .rng import derived_seed, isolated_rng
 
 VALIDATION_NAMES = ("validation", "valid", "val", "dev")
 TEST_NAMES = ("test", "testing")
@@ -208,12 +209,28 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 class ImageClassificationDataset(torch.utils.data.Dataset):
-    """Rows of an HF split as `{"pixel_values", "labels"}`; a corrupt image is reported with its row."""
+    """Rows of an HF split as `{"pixel_values", "labels"}`; a corrupt image is reported with its row.
 
-    def __init__(self, split: datasets.Dataset, image_column: str, label_column: str, transform, name: str):
+    With a `seed`, the random augmentation of row i in epoch e is drawn from its own RNG seeded by
+    (seed, e, i): the same whatever the data order, the number of workers or processes, or a resume mid-epoch.
+    """
+
+    def __init__(
+        self,
+        split: datasets.Dataset,
+        image_column: str,
+        label_column: str,
+        transform,
+        name: str,
+        seed: int | None = None,
+    ):
         self.split = split.select_columns([image_column, label_column])
         self.image_column, self.label_column = image_column, label_column
-        self.transform, self.name = transform, name
+        self.transform, self.name, self.seed = transform, name, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.split)
@@ -226,7 +243,10 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             raise MedftError(
                 f"{self.name} row {index}: the image cannot be decoded ({error}). Fix or drop that row."
             ) from error
-        return {"pixel_values": self.transform(image), "labels": row[self.label_column]}
+        if self.seed is None:
+            return {"pixel_values": self.transform(image), "labels": row[self.label_column]}
+        with isolated_rng(derived_seed(self.seed, self.epoch, index)):
+            return {"pixel_values": self.transform(image), "labels": row[self.label_column]}
 
 
 def build_transforms(timm_model: torch.nn.Module, image_size: int) -> tuple[Any, Any]:

@@ -18,6 +18,7 @@ import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from . import metrics as metrics_lib
+from .checkpoints import load_checkpoint_state, resolve_checkpoint
 from .data import ImageClassificationDataset, build_transforms, load_splits
 from .errors import MedftError
 from .modeling import DEFAULT_MODEL, BlockLayout, load_model, min_image_size, record_input_config
@@ -30,6 +31,7 @@ from .results import (
     write_json_atomic,
 )
 from .strategies import STRATEGIES, build_strategy, strategy_config_classes
+from .trainer import StrategyTrainer
 
 logger = logging.getLogger("medft_hf")
 
@@ -117,6 +119,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             f"--output_dir {output_dir} holds a finished run ({RESULTS_FILE}). Choose another folder or pass "
             "--overwrite_output_dir."
         )
+    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, output_dir)
     set_seed(training_args.seed)
 
     # 1. Data and model: every check happens here, before anything is written.
@@ -142,10 +145,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
     record_input_config(model, image_size)
     train_transform, eval_transform = build_transforms(model.timm_model, image_size)
 
-    def as_torch(split, transform, name):
-        return ImageClassificationDataset(split, splits.image_column, splits.label_column, transform, name)
+    def as_torch(split, transform, name, seed=None):
+        return ImageClassificationDataset(split, splits.image_column, splits.label_column, transform, name, seed)
 
-    train_set = as_torch(splits.train, train_transform, "train")
+    train_set = as_torch(splits.train, train_transform, "train", seed=training_args.seed)
     validation_set = as_torch(splits.validation, eval_transform, "validation")
     test_set = as_torch(splits.test, eval_transform, "test") if splits.test is not None else None
 
@@ -157,9 +160,16 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         # Frozen tensors get no gradient; DDP must be told so instead of waiting for them.
         training_args.ddp_find_unused_parameters = strategy.changes_trainable_set
 
-    # 3. Train; the best epoch is chosen on validation.
-    from .trainer import StrategyTrainer
-
+    # 3. Train (or resume); the best epoch is chosen on validation.
+    identity = {
+        "strategy": model_args.strategy,
+        "model": model_args.model,
+        "dataset": data_args.dataset,
+        "dataset_config": data_args.dataset_config,
+        "class_names": splits.class_names,
+    }
+    # A checkpoint of another run is refused here, before anything is written.
+    saved_state = load_checkpoint_state(checkpoint, identity) if checkpoint else None
     trainer = StrategyTrainer(
         model=model,
         args=training_args,
@@ -167,8 +177,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         eval_dataset=validation_set,
         compute_metrics=metrics_lib.metrics_for_trainer(),
         strategy=strategy,
+        run_identity=identity,
     )
-    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if saved_state is not None:
+        trainer.restore_strategy_state(saved_state)
+    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     # 4. Evaluate the chosen model: validation, then the test split once.
     metric = metrics_lib.load_metric()

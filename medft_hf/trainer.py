@@ -7,27 +7,42 @@ is frozen and how each group's learning rate is scaled, and may add a penalty to
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Iterator
-from contextlib import contextmanager
+from pathlib import Path
 
-import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import Trainer, TrainerCallback, set_seed
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .checkpoints import write_checkpoint_state
 from .errors import MedftError
 from .modeling import count_trainable
+from .rng import derived_seed, isolated_rng
 from .strategies import Strategy
 
 
 class StrategyTrainer(Trainer):
-    def __init__(self, *args, strategy: Strategy, **kwargs):
+    """`run_identity` (strategy, model, dataset, class names) goes into every checkpoint, so a resume can check
+    that it continues the same run."""
+
+    def __init__(self, *args, strategy: Strategy, run_identity: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.strategy = strategy
         self.strategy.setup(self.model)
+        self.run_identity = run_identity or {"strategy": strategy.name}
         self.trainable_per_epoch: dict[int, int] = {}
         self.add_callback(StrategyCallback(self))
+
+    def restore_strategy_state(self, saved: dict) -> None:
+        """Restore what the Trainer's own checkpoint does not hold (before `train(resume_from_checkpoint=...)`);
+        `saved` comes from `checkpoints.load_checkpoint_state`."""
+        self.strategy.load_state_dict(saved["strategy_state"])
+        self.trainable_per_epoch = {int(epoch): count for epoch, count in saved["trainable_per_epoch"].items()}
+
+    def save_strategy_state(self, checkpoint: str | Path) -> None:
+        state = {"strategy_state": self.strategy.state_dict(), "trainable_per_epoch": self.trainable_per_epoch}
+        write_checkpoint_state(checkpoint, self.run_identity, state)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """The Trainer's optimizer class and settings (--optim, betas, eps), over the strategy's groups.
@@ -66,7 +81,7 @@ class StrategyTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         self.strategy.begin_epoch(model, epoch)
         if not resumed_mid_epoch:
-            with isolated_rng(self.args.seed * 1_000_003 + epoch):
+            with isolated_rng(derived_seed(self.args.seed, epoch), devices=range(torch.cuda.device_count())):
                 scales = self.strategy.lr_scales(model, epoch, lambda n: self._measurement_batches(n))
             if scales is not None:
                 self._apply_lr_scales(scales)
@@ -100,18 +115,6 @@ class StrategyTrainer(Trainer):
             yield self._prepare_inputs(self.data_collator(rows))
 
 
-@contextmanager
-def isolated_rng(seed: int) -> Iterator[None]:
-    """Run with every RNG seeded by `seed`, then put them back: what runs inside is a function of (seed, weights)
-    only, the same on every rank and after a resume, and the training run's random stream is not disturbed."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-        set_seed(seed)
-        yield
-    random.setstate(python_state)
-    np.random.set_state(numpy_state)
-
-
 class StrategyCallback(TrainerCallback):
     """Tells the strategy how long training is and when an epoch starts."""
 
@@ -121,6 +124,12 @@ class StrategyCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.trainer.strategy.num_epochs = math.ceil(state.num_train_epochs)
 
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.trainer.save_strategy_state(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
     def on_epoch_begin(self, args, state, control, **kwargs):
         epoch = math.floor(state.epoch + 1e-9)
+        if hasattr(self.trainer.train_dataset, "set_epoch"):
+            self.trainer.train_dataset.set_epoch(epoch)
         self.trainer.begin_strategy_epoch(epoch, resumed_mid_epoch=state.epoch - epoch > 1e-9)

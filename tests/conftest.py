@@ -105,23 +105,24 @@ def make_trainer(
     transformers.set_seed(0)
     splits = load_splits(str(dataset_dir), seed=0)
     model = load_model(str(model_dir), splits.class_names)
-    train_tf, eval_tf = build_transforms(model.timm_model, image_size)
-    args = MedftTrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=epochs,
-        per_device_train_batch_size=16,
-        save_strategy="no",
-        load_best_model_at_end=False,
-        eval_strategy="no",
-        use_cpu=True,
-        seed=0,
-        **{k: flags.pop(k) for k in list(flags) if hasattr(MedftTrainingArguments, k)},
-    )
+    train_tf, _ = build_transforms(model.timm_model, image_size)
+    settings = {
+        "output_dir": str(output_dir),
+        "num_train_epochs": epochs,
+        "per_device_train_batch_size": 16,
+        "save_strategy": "no",
+        "load_best_model_at_end": False,
+        "eval_strategy": "no",
+        "use_cpu": True,
+        "seed": 0,
+    }
+    settings.update({k: flags.pop(k) for k in list(flags) if hasattr(MedftTrainingArguments, k)})
+    args = MedftTrainingArguments(**settings)
     config_class = STRATEGIES[strategy].config_class
     trainer = StrategyTrainer(
         model=model,
         args=args,
-        train_dataset=ImageClassificationDataset(splits.train, "image", "label", train_tf, "train"),
+        train_dataset=ImageClassificationDataset(splits.train, "image", "label", train_tf, "train", seed=0),
         strategy=build_strategy(strategy, config_class(**flags), BlockLayout.from_model(model)),
     )
     snapshots = Snapshots(model)

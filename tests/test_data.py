@@ -85,14 +85,14 @@ def _table(images, labels, names=CLASS_NAMES):
 
 def test_no_image_column(tmp_path):
     table = datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]})
-    with pytest.raises(MedftError, match="no image column.*--image_column"):
+    with pytest.raises(MedftError, match=r"no image column.*--image_column"):
         load_splits(_dataset_with(tmp_path, "noimg", {"train": table}))
 
 
 def test_no_label_column(tmp_path):
     images, _ = make_images(4, 0)
     table = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
-    with pytest.raises(MedftError, match="no label column.*--label_column"):
+    with pytest.raises(MedftError, match=r"no label column.*--label_column"):
         load_splits(_dataset_with(tmp_path, "nolabel", {"train": table}))
 
 
