@@ -157,3 +157,15 @@ def test_metrics_match_an_independent_computation():
         )
     assert result["auroc"] == pytest.approx(np.mean(aucs))
     assert np.asarray(result["confusion_matrix"]).sum() == 200
+
+
+def test_an_imagefolder_loads_with_class_names_from_its_folders(tmp_path):
+    images, labels = make_images(18, seed=0)
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        folder = tmp_path / "folder" / "train" / CLASS_NAMES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        image.convert("L").save(folder / f"{index}.png")
+    splits = load_splits(str(tmp_path / "folder"), val_fraction=1 / 3, seed=0)
+    assert splits.class_names == CLASS_NAMES
+    assert splits.validation_source == "train"
+    assert len(splits.validation) == 6
