@@ -7,6 +7,7 @@ seeded), and images are made RGB and preprocessed with the backbone's own timm d
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -243,10 +244,10 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             raise MedftError(
                 f"{self.name} row {index}: the image cannot be decoded ({error}). Fix or drop that row."
             ) from error
-        if self.seed is None:
-            return {"pixel_values": self.transform(image), "labels": row[self.label_column]}
-        with isolated_rng(derived_seed(self.seed, self.epoch, index)):
-            return {"pixel_values": self.transform(image), "labels": row[self.label_column]}
+        seeded = nullcontext() if self.seed is None else isolated_rng(derived_seed(self.seed, self.epoch, index))
+        with seeded:
+            pixel_values = self.transform(image)
+        return {"pixel_values": pixel_values, "labels": row[self.label_column]}
 
 
 def build_transforms(timm_model: torch.nn.Module, image_size: int) -> tuple[Any, Any]:

@@ -164,7 +164,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
     identity = {
         "strategy": model_args.strategy,
         "model": model_args.model,
-        "dataset": data_args.dataset,
+        "dataset": data_args.dataset or "bundled:breastmnist",
         "dataset_config": data_args.dataset_config,
         "class_names": splits.class_names,
     }
@@ -193,13 +193,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         )
 
     results = {
-        "strategy": model_args.strategy,
+        **identity,
         "strategy_config": asdict(strategy.config),
-        "model": model_args.model,
         "architecture": model.config.architecture,
-        "dataset": data_args.dataset or "bundled:breastmnist",
-        "dataset_config": data_args.dataset_config,
-        "class_names": splits.class_names,
         "validation_source": splits.validation_source,
         "num_examples": {
             "train": len(train_set),

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+
+# The Hub is unreachable in CI; huggingface_hub reads these when it is first imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 from pathlib import Path
 
 import datasets
@@ -21,8 +26,6 @@ from medft_hf.strategies import STRATEGIES, build_strategy
 from medft_hf.train import MedftTrainingArguments
 from medft_hf.trainer import StrategyTrainer
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import timm
@@ -75,8 +76,6 @@ def test_the_output_loads_three_ways_with_the_same_predictions(finished_run, tin
 
 
 def _first_test_image(dataset_dir: Path) -> Path:
-    import datasets
-
     split = datasets.load_dataset(str(dataset_dir), split="test")
     path = dataset_dir.parent / "first_test_image.png"
     split[0]["image"].save(path)
