@@ -32,19 +32,13 @@ def resolve_checkpoint(requested: str | None, output_dir: str | Path) -> Path | 
     if requested is None or requested.lower() in ("", "false", "none"):
         return None
     if requested.lower() in ("true", "latest"):
-        found = sorted(
-            (path for path in Path(output_dir).glob("checkpoint-*") if _CHECKPOINT.match(path.name)),
-            key=lambda path: int(_CHECKPOINT.match(path.name)[1]),
-            reverse=True,
-        )
-        for path in found:
-            if (path / STATE_FILE).is_file():
-                return path
-            logger.warning("Skipping %s: it was not completely written (a kill during the save?).", path)
-        raise MedftError(
-            f"--resume_from_checkpoint true: no complete checkpoint in {output_dir}. Start without "
-            "--resume_from_checkpoint, or point it at a checkpoint folder."
-        )
+        found = latest_complete_checkpoint(output_dir)
+        if found is None:
+            raise MedftError(
+                f"--resume_from_checkpoint true: no complete checkpoint in {output_dir}. Start without "
+                "--resume_from_checkpoint, or point it at a checkpoint folder."
+            )
+        return found
     path = Path(requested)
     if not path.is_dir():
         raise MedftError(f"--resume_from_checkpoint {requested}: no such folder.")
@@ -54,6 +48,20 @@ def resolve_checkpoint(requested: str | None, output_dir: str | Path) -> Path | 
             "it may have been cut off while saving. Use an earlier checkpoint or --resume_from_checkpoint true."
         )
     return path
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint in `output_dir` that was completely written; half-written ones are skipped."""
+    found = sorted(
+        (path for path in Path(output_dir).glob("checkpoint-*") if _CHECKPOINT.match(path.name)),
+        key=lambda path: int(_CHECKPOINT.match(path.name)[1]),
+        reverse=True,
+    )
+    for path in found:
+        if (path / STATE_FILE).is_file():
+            return path
+        logger.warning("Skipping %s: it was not completely written (a kill during the save?).", path)
+    return None
 
 
 def load_checkpoint_state(checkpoint: Path, identity: dict[str, Any]) -> dict[str, Any]:

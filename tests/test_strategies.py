@@ -234,4 +234,6 @@ def test_auto_rgn_trains_and_leaves_batchnorm_parameters_alone(tiny_model, tiny_
     assert not any(changed(snaps.states[0], snaps.states[-1], norm_params).values())
     assert any(changed(snaps.states[0], snaps.states[-1], strategy.names).values())
     assert len(strategy.history) == 2
-    assert all(max(scales.values()) == 1.0 for scales in strategy.history)
+    for epoch in strategy.history:
+        assert len(epoch["blocks"]) == len(strategy.layout.blocks)
+        assert all(0 < value <= 1 for value in [*epoch["blocks"], epoch["head"]])

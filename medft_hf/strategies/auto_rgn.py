@@ -45,7 +45,8 @@ class AutoRGN(Strategy):
             for name, _ in module.named_parameters(recurse=False)
         }
         self.names = [name for name, _ in model.named_parameters() if name not in norm_parameters]
-        self.history: list[dict[str, float]] = []
+        # Per epoch, the mean factor of each block (stem first) and of the head: which layers it chose to train.
+        self.history: list[dict[str, list[float] | float]] = []
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         """One group per tensor (each gets its own rate); BatchNorm is left out, so it never updates."""
@@ -58,7 +59,12 @@ class AutoRGN(Strategy):
         rgn = self.relative_gradient_norms(model, batches)
         largest = max(value for value in rgn.values() if value == value)
         scales = {name: value / largest if value == value else 1.0 for name, value in rgn.items()}
-        self.history.append(scales)
+        self.history.append(
+            {
+                "blocks": [_mean(scales, block) for block in self.layout.blocks],
+                "head": _mean(scales, self.layout.head),
+            }
+        )
         return [scales[name] for name in self.names]
 
     def relative_gradient_norms(self, model: nn.Module, batches: BatchSource) -> dict[str, float]:
@@ -89,3 +95,8 @@ class AutoRGN(Strategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = state["history"]
+
+
+def _mean(scales: dict[str, float], names: tuple[str, ...]) -> float:
+    values = [scales[name] for name in names if name in scales]
+    return sum(values) / len(values) if values else 0.0

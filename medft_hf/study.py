@@ -1,0 +1,242 @@
+"""The study: a grid of strategy × backbone × dataset × seed (× a learning-rate sweep) run cell by cell.
+
+A grid is a YAML file (`hub_configs/benchmarks/*.yaml`) naming entries of the catalogs in
+`hub_configs/backbones/` and `hub_configs/datasets/`. Every cell is one `train.py` run (the same code, in-process)
+into its own folder; a cell with `results.json` is finished and skipped on a rerun, a cell with a complete
+checkpoint is resumed from it, and a cell that fails leaves `failed.json` with its error and the grid goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import os
+import shutil
+import sys
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import transformers
+import yaml
+from tqdm.auto import tqdm
+
+from .checkpoints import latest_complete_checkpoint
+from .errors import MedftError
+from .results import RESULTS_FILE, is_finished_run, write_json_atomic
+from .strategies import STRATEGIES
+
+FAILED_FILE = "failed.json"
+logger = logging.getLogger(__name__)
+
+
+def catalog(kind: str) -> dict[str, dict[str, Any]]:
+    """All entries of `hub_configs/<kind>/` (backbones, datasets), by name."""
+    folder = resources.files("medft_hf.hub_configs") / kind
+    entries = [yaml.safe_load(path.read_text()) for path in folder.iterdir() if path.name.endswith(".yaml")]
+    return {entry["name"]: entry for entry in entries}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the grid."""
+
+    dataset: str
+    backbone: str
+    strategy: str
+    seed: int
+    sweep: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def path(self) -> Path:
+        point = "-".join(f"{key}={value}" for key, value in self.sweep) or "default"
+        return Path(self.dataset) / self.backbone / self.strategy / point / f"seed{self.seed}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "backbone": self.backbone, "strategy": self.strategy, "seed": self.seed,
+                **dict(self.sweep)}  # fmt: skip
+
+
+@dataclass
+class Grid:
+    """A study: what to cross, the train.py flags shared by every cell, and per-strategy changes.
+
+    `sweep` maps train.py flags to lists of values; every combination becomes its own cells, and the report keeps,
+    for each dataset × backbone × strategy, the combination with the best mean validation score.
+    `overrides[strategy]` adds flags (and may replace `sweep`) for one strategy.
+    """
+
+    name: str
+    strategies: list[str]
+    backbones: list[str]
+    datasets: list[str]
+    seeds: list[int]
+    training: dict[str, Any] = field(default_factory=dict)
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    description: str = ""
+    hardware: str = ""
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Grid:
+        path = Path(path)
+        if not path.is_file():
+            named = resources.files("medft_hf.hub_configs") / "benchmarks" / f"{path.name.removesuffix('.yaml')}.yaml"
+            if not named.is_file():
+                raise MedftError(f"grid {path}: no such file (nor a benchmark of that name in hub_configs/benchmarks).")
+            path = named
+        spec = yaml.safe_load(path.read_text()) or {}
+        spec.setdefault("strategies", list(STRATEGIES))
+        unknown_keys = set(spec) - {f for f in cls.__dataclass_fields__}
+        if unknown_keys:
+            raise MedftError(f"grid {path}: unknown keys {sorted(unknown_keys)}.")
+        try:
+            grid = cls(**spec)
+        except TypeError as error:
+            raise MedftError(f"grid {path}: {error}") from error
+        grid.validate()
+        return grid
+
+    def validate(self) -> None:
+        """Every name must exist: all the bad entries are reported at once, before any training."""
+        backbones, datasets = catalog("backbones"), catalog("datasets")
+        problems = [f"unknown strategy {s!r}" for s in self.strategies if s not in STRATEGIES]
+        problems += [f"unknown backbone {b!r}" for b in self.backbones if b not in backbones]
+        problems += [f"unknown dataset {d!r}" for d in self.datasets if d not in datasets]
+        problems += [
+            f"override for strategy {s!r}, not in the grid" for s in self.overrides if s not in self.strategies
+        ]
+        if not self.seeds:
+            problems.append("no seeds")
+        if problems:
+            raise MedftError(
+                f"grid {self.name}: " + "; ".join(problems) + f". Known strategies: {', '.join(STRATEGIES)}; "
+                f"backbones: {', '.join(sorted(backbones))}; datasets: {', '.join(sorted(datasets))}."
+            )
+
+    def cells(self, filters: dict[str, set[str]] | None = None) -> list[Cell]:
+        cells = []
+        for dataset, backbone, strategy in itertools.product(self.datasets, self.backbones, self.strategies):
+            sweep = self.overrides.get(strategy, {}).get("sweep", self.sweep)
+            points = [tuple(zip(sweep, values, strict=True)) for values in itertools.product(*sweep.values())]
+            for point, seed in itertools.product(points, self.seeds):
+                cells.append(Cell(dataset, backbone, strategy, seed, point))
+        for key, allowed in (filters or {}).items():
+            cells = [cell for cell in cells if str(cell.as_dict().get(key)) in allowed]
+        return cells
+
+    def argv(self, cell: Cell, output_dir: Path) -> list[str]:
+        """The train.py command line of one cell."""
+        dataset = catalog("datasets")[cell.dataset]
+        flags: dict[str, Any] = {
+            "strategy": cell.strategy,
+            "model": catalog("backbones")[cell.backbone]["model"],
+            "dataset": dataset["path"],
+            **{key: dataset[key] for key in ("dataset_config", "image_column", "label_column") if key in dataset},
+            **self.training,
+            **{k: v for k, v in self.overrides.get(cell.strategy, {}).items() if k != "sweep"},
+            **dict(cell.sweep),
+            "seed": cell.seed,
+            "output_dir": str(output_dir),
+        }
+        return [
+            item
+            for key, value in flags.items()
+            if value is not None
+            for item in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))
+        ]
+
+
+def parse_filters(text: str | None) -> dict[str, set[str]]:
+    """`strategy=lpft|ft,dataset=breastmnist-local` -> {"strategy": {"lpft", "ft"}, "dataset": {...}}."""
+    filters: dict[str, set[str]] = {}
+    for part in filter(None, (text or "").split(",")):
+        key, sep, values = part.partition("=")
+        if not sep:
+            raise MedftError(f"--filter {text}: expected key=value[|value...] pairs separated by commas.")
+        filters[key.strip()] = set(values.split("|"))
+    return filters
+
+
+def run_cell(grid: Grid, cell: Cell, root: Path) -> str:
+    """Run (or resume) one cell; returns "done", "skipped" or "failed". KeyboardInterrupt propagates."""
+    from .train import parse_args, run  # train imports the trainer stack; keep `--dry-run` light
+
+    output_dir = root / cell.path
+    if is_finished_run(output_dir):
+        return "skipped"
+    (output_dir / FAILED_FILE).unlink(missing_ok=True)
+    argv = grid.argv(cell, output_dir)
+    checkpoint = latest_complete_checkpoint(output_dir) if output_dir.exists() else None
+    if checkpoint is not None:
+        logger.info("Resuming %s from %s", cell.path, checkpoint.name)
+        argv += ["--resume_from_checkpoint", str(checkpoint)]
+    try:
+        run(*parse_args(argv))
+    except KeyboardInterrupt:
+        raise
+    except (Exception, SystemExit) as error:  # a failing cell (argparse exits too) is recorded; the grid goes on
+        write_json_atomic(
+            output_dir / FAILED_FILE,
+            {**cell.as_dict(), "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(),
+             "argv": argv},
+        )  # fmt: skip
+        return "failed"
+    return "done"
+
+
+def clean_checkpoints(output_dir: Path) -> None:
+    """A finished cell keeps its model and results; its checkpoints only served a resume."""
+    if (output_dir / RESULTS_FILE).is_file():
+        for checkpoint in output_dir.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="medft-benchmark",
+        description="Run a study grid, one train.py run per cell. Rerunning skips finished cells and resumes "
+        "interrupted ones from their last checkpoint.",
+    )
+    parser.add_argument("grid", help="a grid YAML file, or the name of one in hub_configs/benchmarks (cpu, paper)")
+    parser.add_argument("--output_dir", help="where the cells go (default: runs/<grid name>)")
+    parser.add_argument("--filter", help="run a subset, e.g. strategy=lpft|ft,dataset=breastmnist-local,seed=0")
+    parser.add_argument("--dry-run", action="store_true", help="print the cells and their commands, run nothing")
+    args = parser.parse_args(argv)
+    try:
+        grid = Grid.from_yaml(args.grid)
+        cells = grid.cells(parse_filters(args.filter))
+    except MedftError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    root = Path(args.output_dir or f"runs/{grid.name}")
+    if args.dry_run:
+        for cell in cells:
+            print(f"{cell.path}\n    train.py {' '.join(grid.argv(cell, root / cell.path))}")
+        print(f"{len(cells)} cells")
+        return
+
+    transformers.utils.logging.set_verbosity_error()
+    grid.training.setdefault("disable_tqdm", True)
+    is_main = os.environ.get("RANK", "0") == "0"
+    outcomes: Counter[str] = Counter()
+    progress = tqdm(cells, desc=f"{grid.name}", unit="cell", disable=not is_main)
+    for cell in progress:
+        progress.set_postfix_str(str(cell.path))
+        outcome = run_cell(grid, cell, root)
+        outcomes[outcome] += 1
+        if outcome == "done":
+            clean_checkpoints(root / cell.path)
+        elif outcome == "failed" and is_main:
+            tqdm.write(f"failed: {cell.path} (see {root / cell.path / FAILED_FILE})")
+    if is_main:
+        print(f"{grid.name}: {dict(outcomes)} of {len(cells)} cells; results in {root}")
+    sys.exit(1 if outcomes["failed"] else 0)
+
+
+if __name__ == "__main__":
+    main()
