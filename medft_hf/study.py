@@ -67,13 +67,14 @@ class Grid:
 
     `sweep` maps train.py flags to lists of values; every combination becomes its own cells, and the report keeps,
     for each dataset × backbone × strategy, the combination with the best mean validation score.
-    `overrides[strategy]` adds flags (and may replace `sweep`) for one strategy.
+    `overrides[strategy]` adds flags (and may replace `sweep`) for one strategy. A backbone or dataset is the name
+    of a catalog entry or an entry written inline (`{name: ..., model: ...}` / `{name: ..., path: ...}`).
     """
 
     name: str
     strategies: list[str]
-    backbones: list[str]
-    datasets: list[str]
+    backbones: list[str | dict[str, Any]]
+    datasets: list[str | dict[str, Any]]
     seeds: list[int]
     training: dict[str, Any] = field(default_factory=dict)
     sweep: dict[str, list[Any]] = field(default_factory=dict)
@@ -105,8 +106,10 @@ class Grid:
         """Every name must exist: all the bad entries are reported at once, before any training."""
         backbones, datasets = catalog("backbones"), catalog("datasets")
         problems = [f"unknown strategy {s!r}" for s in self.strategies if s not in STRATEGIES]
-        problems += [f"unknown backbone {b!r}" for b in self.backbones if b not in backbones]
-        problems += [f"unknown dataset {d!r}" for d in self.datasets if d not in datasets]
+        problems += [f"unknown backbone {b!r}" for b in self.backbones if isinstance(b, str) and b not in backbones]
+        problems += [f"unknown dataset {d!r}" for d in self.datasets if isinstance(d, str) and d not in datasets]
+        problems += [f"backbone {b} needs a name and a model" for b in self.backbones if _lacks(b, "model")]
+        problems += [f"dataset {d} needs a name and a path" for d in self.datasets if _lacks(d, "path")]
         problems += [
             f"override for strategy {s!r}, not in the grid" for s in self.overrides if s not in self.strategies
         ]
@@ -118,9 +121,17 @@ class Grid:
                 f"backbones: {', '.join(sorted(backbones))}; datasets: {', '.join(sorted(datasets))}."
             )
 
+    def entry(self, kind: str, name: str) -> dict[str, Any]:
+        """The catalog or inline entry called `name` (kind: backbones or datasets)."""
+        inline = {e["name"]: e for e in getattr(self, kind) if isinstance(e, dict)}
+        return inline.get(name) or catalog(kind)[name]
+
     def cells(self, filters: dict[str, set[str]] | None = None) -> list[Cell]:
         cells = []
-        for dataset, backbone, strategy in itertools.product(self.datasets, self.backbones, self.strategies):
+        names = [
+            [e if isinstance(e, str) else e["name"] for e in entries] for entries in (self.datasets, self.backbones)
+        ]
+        for dataset, backbone, strategy in itertools.product(*names, self.strategies):
             sweep = self.overrides.get(strategy, {}).get("sweep", self.sweep)
             points = [tuple(zip(sweep, values, strict=True)) for values in itertools.product(*sweep.values())]
             for point, seed in itertools.product(points, self.seeds):
@@ -131,10 +142,10 @@ class Grid:
 
     def argv(self, cell: Cell, output_dir: Path) -> list[str]:
         """The train.py command line of one cell."""
-        dataset = catalog("datasets")[cell.dataset]
+        dataset = self.entry("datasets", cell.dataset)
         flags: dict[str, Any] = {
             "strategy": cell.strategy,
-            "model": catalog("backbones")[cell.backbone]["model"],
+            "model": self.entry("backbones", cell.backbone)["model"],
             "dataset": dataset["path"],
             **{key: dataset[key] for key in ("dataset_config", "image_column", "label_column") if key in dataset},
             **self.training,
@@ -149,6 +160,10 @@ class Grid:
             if value is not None
             for item in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))
         ]
+
+
+def _lacks(entry: str | dict[str, Any], key: str) -> bool:
+    return isinstance(entry, dict) and not ("name" in entry and key in entry)
 
 
 def parse_filters(text: str | None) -> dict[str, set[str]]:
@@ -221,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     transformers.utils.logging.set_verbosity_error()
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     grid.training.setdefault("disable_tqdm", True)
     is_main = os.environ.get("RANK", "0") == "0"
     outcomes: Counter[str] = Counter()

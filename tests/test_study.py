@@ -1,0 +1,183 @@
+"""The study: grid validation, resumable runs, and the report's aggregation on synthetic results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from test_train import ROOT
+
+from medft_hf.errors import MedftError
+from medft_hf.report import claim_checks, collect, paired_vs_ft, select_on_validation, summary, write_report
+from medft_hf.study import Grid, parse_filters
+
+
+def test_shipped_grids_are_valid_and_cpu_has_the_promised_shape():
+    cpu = Grid.from_yaml("cpu")
+    assert cpu.strategies == ["ft", "lp", "lpft", "gu_lf", "gu_fl", "l1sp", "l2sp", "auto_rgn"]
+    assert len(cpu.datasets) >= 3
+    assert len(cpu.seeds) == 3
+    paper = Grid.from_yaml("paper")
+    assert set(paper.backbones) >= {"resnet50", "densenet121", "vgg19"}
+    assert len(paper.cells()) == 8 * len(paper.backbones) * len(paper.datasets) * 3 * 3
+
+
+def test_a_grid_with_bad_names_fails_naming_every_one(tmp_path):
+    spec = {"name": "bad", "strategies": ["ft", "lqft"], "backbones": ["resnet50", "resnet5O"],
+            "datasets": ["nowhere"], "seeds": [0]}  # fmt: skip
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(MedftError) as error:
+        Grid.from_yaml(path)
+    for name in ("'lqft'", "'resnet5O'", "'nowhere'"):
+        assert name in str(error.value)
+
+
+def test_filters_and_sweeps_make_the_expected_cells():
+    grid = Grid.from_yaml("cpu")
+    cells = grid.cells(parse_filters("strategy=lpft|ft,dataset=breastmnist-local,seed=0"))
+    assert {(c.strategy, dict(c.sweep)["learning_rate"]) for c in cells} == {
+        ("ft", 0.001), ("ft", 0.003), ("lpft", 0.001), ("lpft", 0.003)
+    }  # fmt: skip
+    argv = grid.argv(cells[0], Path("out"))
+    assert argv[argv.index("--use_cpu") + 1] == "true"
+    assert argv[argv.index("--learning_rate") + 1] in ("0.001", "0.003")
+
+
+# ---- a real grid, killed and restarted -------------------------------------------------------------------------
+def test_a_killed_grid_restarts_without_redoing_finished_cells(tiny_model, tiny_dataset, tmp_path):
+    spec = {
+        "name": "tiny",
+        "strategies": ["lp", "lpft"],
+        "backbones": [{"name": "tiny-net", "model": str(tiny_model)}],
+        "datasets": [{"name": "tiny-data", "path": str(tiny_dataset)}],
+        "seeds": [0],
+        "training": {"image_size": 32, "num_train_epochs": 30, "per_device_train_batch_size": 16, "use_cpu": True},
+        "overrides": {"lp": {"num_train_epochs": 1}},
+    }
+    grid_file, out = tmp_path / "tiny.yaml", tmp_path / "out"
+    grid_file.write_text(yaml.safe_dump(spec))
+    command = [sys.executable, "scripts/benchmark.py", str(grid_file), "--output_dir", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    first_cell = out / "tiny-data" / "tiny-net" / "lp" / "default" / "seed0"
+    second_cell = out / "tiny-data" / "tiny-net" / "lpft" / "default" / "seed0"
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if list(second_cell.glob("checkpoint-*/medft_state.json")):
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the grid ended before it could be killed inside its second cell")
+    finally:
+        process.kill()
+        process.wait()
+    finished = (first_cell / "results.json").stat().st_mtime_ns
+    assert not (second_cell / "results.json").exists()
+
+    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert (first_cell / "results.json").stat().st_mtime_ns == finished, "the finished cell was not redone"
+    assert "Resuming tiny-data/tiny-net/lpft/default/seed0 from checkpoint-" in rerun.stderr
+    assert (second_cell / "results.json").exists()
+    assert not list(second_cell.glob("checkpoint-*")), "a finished cell's checkpoints are cleaned up"
+
+
+# ---- the report on synthetic results ---------------------------------------------------------------------------
+def write_result(root: Path, dataset: str, strategy: str, seed: int, lr: float, validation: float, test: float):
+    folder = root / dataset / strategy / f"lr{lr}" / f"seed{seed}"
+    folder.mkdir(parents=True)
+    metrics = lambda value: {"accuracy": value, "balanced_accuracy": value, "macro_f1": value, "auroc": value}  # noqa: E731
+    history = [{"epoch": e, "train_loss": 1.0 / e, "validation": metrics(validation)} for e in (1, 2)]
+    state = {"history": [{"blocks": [0.2, 0.5, 1.0], "head": 0.7}] * 2} if strategy == "auto_rgn" else {}
+    results = {"dataset": f"data/{dataset}", "architecture": "net", "strategy": strategy, "seed": seed,
+               "learning_rate": lr, "strategy_config": {}, "image_size": 48, "num_train_epochs": 2,
+               "train_runtime_s": 1.0, "environment": {"device": "CPU (2 cores)"}, "validation": metrics(validation),
+               "test": metrics(test), "history": history, "strategy_state": state}  # fmt: skip
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+@pytest.fixture
+def synthetic(tmp_path) -> Path:
+    root = tmp_path / "results"
+    for seed, noise in enumerate([-0.02, 0.0, 0.02]):
+        for dataset in ("d1", "d2"):
+            write_result(root, dataset, "ft", seed, 1e-3, validation=0.7, test=0.60 + noise)
+            write_result(root, dataset, "ft", seed, 3e-3, validation=0.6, test=0.90)  # worse on validation
+        # lpft: the 1e-3 setting wins on validation (and loses on test, which must not matter)
+        write_result(root, "d1", "lpft", seed, 1e-3, validation=0.9, test=0.68 + noise / 2)
+        write_result(root, "d1", "lpft", seed, 3e-3, validation=0.8, test=0.99)
+        write_result(root, "d2", "lpft", seed, 1e-3, validation=0.9, test=0.55)
+        write_result(root, "d2", "auto_rgn", seed, 1e-3, validation=0.9, test=0.71 + noise)
+        write_result(root, "d1", "auto_rgn", seed, 1e-3, validation=0.9, test=0.59 + noise)
+    failed = root / "d2" / "lp" / "seed0"
+    failed.mkdir(parents=True)
+    (failed / "failed.json").write_text(json.dumps({"error": "RuntimeError: out of memory"}))
+    return root
+
+
+def test_selection_is_on_validation_and_the_table_is_mean_and_std_over_seeds(synthetic):
+    runs, failed = collect(synthetic)
+    assert len(runs) == 27 and list(failed["cell"]) == ["d2/lp/seed0"]
+    table = summary(select_on_validation(runs, "balanced_accuracy"), "balanced_accuracy").set_index(
+        ["dataset", "strategy"]
+    )
+    assert table.loc[("d1", "ft"), "mean"] == pytest.approx(0.60)
+    assert table.loc[("d1", "ft"), "std"] == pytest.approx(np.std([0.58, 0.60, 0.62], ddof=1))
+    assert table.loc[("d1", "lpft"), "mean"] == pytest.approx(0.68), "the 3e-3 setting's better test was not used"
+    assert table.loc[("d1", "lpft"), "learning_rate"] == 1e-3
+
+
+def test_claim_counts(synthetic):
+    runs, _ = collect(synthetic)
+    claims = claim_checks(summary(select_on_validation(runs, "balanced_accuracy"), "balanced_accuracy"))
+    assert claims["beats_ft"]["lpft"] == {"wins": 1, "cases": 2}  # d1 +0.08, d2 -0.05
+    assert claims["beats_ft"]["auto_rgn"] == {"wins": 1, "cases": 2}  # d1 -0.01, d2 +0.11
+    assert claims["largest_gain_over_ft"]["auto_rgn"]["delta"] == pytest.approx(0.11)
+    assert claims["largest_gain_over_ft"]["auto_rgn"]["dataset"] == "d2"
+    assert claims["non_ft_best_per_backbone"]["net"] == {"non_ft_best": 2, "cases": 2}
+
+
+def test_paired_intervals(synthetic):
+    runs, _ = collect(synthetic)
+    paired = paired_vs_ft(select_on_validation(runs, "balanced_accuracy"), "balanced_accuracy").set_index("strategy")
+    # auto_rgn - ft, paired by (dataset, seed): d1 -0.01 each seed, d2 +0.11 each seed
+    differences = np.array([-0.01] * 3 + [0.11] * 3)
+    assert paired.loc["auto_rgn", "pairs"] == 6
+    assert paired.loc["auto_rgn", "mean_difference"] == pytest.approx(differences.mean())
+    low, high = paired.loc["auto_rgn", ["ci_low", "ci_high"]]
+    assert -0.01 <= low < differences.mean() < high <= 0.11
+    assert paired.loc["auto_rgn", "verdict"] == ("better" if low > 0 else "within noise")
+
+
+def test_a_constant_difference_has_a_zero_width_interval(tmp_path):
+    root = tmp_path / "r"
+    for seed in range(3):
+        write_result(root, "d", "ft", seed, 1e-3, 0.5, 0.50 + 0.01 * seed)
+        write_result(root, "d", "l2sp", seed, 1e-3, 0.5, 0.53 + 0.01 * seed)
+    runs, _ = collect(root)
+    row = paired_vs_ft(runs, "balanced_accuracy").iloc[0]
+    assert row["ci_low"] == pytest.approx(0.03)
+    assert row["ci_high"] == pytest.approx(0.03)
+    assert row["verdict"] == "better"
+
+
+def test_report_writes_tables_figures_and_lists_failed_cells(synthetic, tmp_path):
+    out = tmp_path / "report"
+    report = write_report(synthetic, out).read_text()
+    assert "| d1 | net | 0.600 ± 0.020 | **0.680 ± 0.010** (+0.080) |" in report
+    assert "`d2/lp/seed0`: RuntimeError: out of memory" in report
+    for name in ("delta_vs_ft.png", "training_curves.png", "auto_rgn_factors.png", "runs.csv", "runs.parquet"):
+        assert (out / name).stat().st_size > 0
+    assert len(pd.read_parquet(out / "runs.parquet")) == 27
