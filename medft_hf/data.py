@@ -140,7 +140,7 @@ def _find_label_column(features: datasets.Features, requested: str | None, image
         for name, feature in features.items()
         if name != image_column
         and isinstance(feature, datasets.Value)
-        and (feature.dtype == "string" or feature.dtype.startswith(("int", "uint")))
+        and (feature.dtype in ("string", "bool") or feature.dtype.startswith(("int", "uint")))
     ]
     named = [name for name in ("label", "labels", "class", "target") if name in candidates]
     if named or len(candidates) == 1:
@@ -162,6 +162,9 @@ def _as_class_label(loaded: datasets.DatasetDict, label_column: str) -> datasets
         names = [str(v) for v in values]
         encode = {name: i for i, name in enumerate(names)}
         loaded = loaded.map(lambda row: {label_column: encode[row[label_column]]})
+    elif dtype == "bool":
+        names = ["False", "True"]
+        loaded = loaded.map(lambda row: {label_column: int(row[label_column])})
     elif dtype is not None and dtype.startswith(("int", "uint")):
         if values and values[0] < 0:
             raise MedftError(f"label column {label_column!r} has negative labels ({values[0]}).")

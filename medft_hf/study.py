@@ -68,7 +68,8 @@ class Grid:
     `sweep` maps train.py flags to lists of values; every combination becomes its own cells, and the report keeps,
     for each dataset × backbone × strategy, the combination with the best mean validation score.
     `overrides[strategy]` adds flags (and may replace `sweep`) for one strategy. A backbone or dataset is the name
-    of a catalog entry or an entry written inline (`{name: ..., model: ...}` / `{name: ..., path: ...}`).
+    of a catalog entry or an entry written inline (`{name: ..., model: ...}` / `{name: ..., path: ...}`); a dataset
+    entry's `train_flags` (e.g. `max_train_samples`) apply to its cells.
     """
 
     name: str
@@ -149,6 +150,7 @@ class Grid:
             "dataset": dataset["path"],
             **{key: dataset[key] for key in ("dataset_config", "image_column", "label_column") if key in dataset},
             **self.training,
+            **dataset.get("train_flags", {}),
             **{k: v for k, v in self.overrides.get(cell.strategy, {}).items() if k != "sweep"},
             **dict(cell.sweep),
             "seed": cell.seed,

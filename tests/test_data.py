@@ -169,3 +169,17 @@ def test_an_imagefolder_loads_with_class_names_from_its_folders(tmp_path):
     assert splits.class_names == CLASS_NAMES
     assert splits.validation_source == "train"
     assert len(splits.validation) == 6
+
+
+def test_a_bool_label_column_becomes_two_classes(tmp_path):
+    images, labels = make_images(12, seed=0)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("bool")})
+    root = tmp_path / "bool"
+    (root / "data").mkdir(parents=True)
+    flags = [label == 0 for label in labels]
+    datasets.Dataset.from_dict({"image": images, "label": flags}, features=features).to_parquet(
+        root / "data" / "train-00000-of-00001.parquet"
+    )
+    splits = load_splits(str(root), val_fraction=0.25, seed=0)
+    assert splits.class_names == ["False", "True"]
+    assert sorted(set(splits.train["label"])) == [0, 1]
