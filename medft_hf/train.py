@@ -21,6 +21,8 @@ from . import metrics as metrics_lib
 from .checkpoints import load_checkpoint_state, resolve_checkpoint
 from .data import ImageClassificationDataset, build_transforms, load_splits
 from .errors import MedftError
+from .figures import run_figures
+from .hub import PushError, check_push_ready, push_model
 from .modeling import DEFAULT_MODEL, BlockLayout, load_model, min_image_size, record_input_config
 from .results import (
     RESULTS_FILE,
@@ -71,6 +73,9 @@ class DataArguments:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Train on a seeded random subset of this many images."}
     )
+    modality: str | None = field(
+        default=None, metadata={"help": "Imaging modality (X-ray, MRI, histology, ...), for the model card's tags."}
+    )
 
 
 @dataclass
@@ -120,6 +125,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             "--overwrite_output_dir."
         )
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, output_dir)
+    # We push once, at the end, with a model card (not the Trainer's pushes of every checkpoint).
+    push_to = training_args.hub_model_id if training_args.push_to_hub else None
+    if training_args.push_to_hub:
+        check_push_ready(push_to)
+        training_args.push_to_hub = False
     set_seed(training_args.seed)
 
     # 1. Data and model: every check happens here, before anything is written.
@@ -194,6 +204,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
 
     results = {
         **identity,
+        "modality": data_args.modality,
         "strategy_config": asdict(strategy.config),
         "architecture": model.config.architecture,
         "validation_source": splits.validation_source,
@@ -216,10 +227,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         "environment": environment(),
     }
 
-    # 5. Save: model first, results.json last (its presence marks a finished run).
+    # 5. Save: model and figures first, results.json last (its presence marks a finished run); then push.
     if trainer.is_world_process_zero():
         save_model_atomic(trainer.model, output_dir)
+        run_figures(results, output_dir)
         write_json_atomic(output_dir / RESULTS_FILE, results)
+        if push_to:
+            results["pushed_to"] = push_model(output_dir, push_to, private=training_args.hub_private_repo)
     return results
 
 
@@ -233,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         results = run(model_args, data_args, strategy_configs, training_args)
     except MedftError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(3 if isinstance(error, PushError) else 2)
     test = results["test"] or results["validation"]
     print(
         f"{results['strategy']}: test balanced accuracy {test['balanced_accuracy']:.4f}, AUROC {test['auroc']:.4f}; "

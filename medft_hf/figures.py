@@ -1,0 +1,46 @@
+"""The figures of one run (training curves, confusion matrix), written beside its results.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def run_figures(results: dict[str, Any], folder: str | Path) -> list[str]:
+    """Write `training_curves.png` and `confusion_matrix.png`; returns their file names."""
+    folder = Path(folder)
+    history = results["history"]
+    epochs = [row["epoch"] for row in history]
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
+    loss_ax.plot(epochs, [row.get("train_loss", np.nan) for row in history], marker="o")
+    loss_ax.set(title="training loss", xlabel="epoch")
+    for metric in ("balanced_accuracy", "auroc"):
+        metric_ax.plot(epochs, [row.get("validation", {}).get(metric, np.nan) for row in history], marker="o",
+                       label=metric)  # fmt: skip
+    metric_ax.set(title="validation", xlabel="epoch", ylim=(0, 1))
+    metric_ax.legend()
+    fig.suptitle(f"{results['strategy']} · {results['architecture']} · {Path(results['dataset']).name}")
+    fig.tight_layout()
+    fig.savefig(folder / "training_curves.png", dpi=110)
+    plt.close(fig)
+
+    split = "test" if results.get("test") else "validation"
+    matrix = np.asarray(results[split]["confusion_matrix"])
+    names = results["class_names"]
+    fig, ax = plt.subplots(figsize=(1.6 + 0.7 * len(names), 1.2 + 0.7 * len(names)))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix ({split})")
+    fig.tight_layout()
+    fig.savefig(folder / "confusion_matrix.png", dpi=110)
+    plt.close(fig)
+    return ["training_curves.png", "confusion_matrix.png"]

@@ -1,0 +1,263 @@
+"""Publishing: a fine-tuned model with its model card, or a study's results as a dataset repo, to the Hub.
+
+The token comes from where `huggingface_hub` looks (`HF_TOKEN`, `hf auth login`) and is never printed, logged or
+written anywhere. Pushes are retried; a push that still fails leaves every local file as it was and says how to
+push later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import httpx, validate_repo_id  # httpx: the HTTP library the client uses
+
+from .errors import MedftError
+from .results import RESULTS_FILE
+from .strategies import STRATEGIES
+
+PROJECT = "medft-hf"
+MODEL_FILES = ["config.json", "model.safetensors", RESULTS_FILE, "README.md", "*.png"]
+STUDY_FILES = ["README.md", "runs.parquet", "runs.csv", "paired_vs_ft.csv", "claims.json", "*.png"]
+METRIC_NAMES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "macro_f1": "Macro F1",
+                "auroc": "AUROC"}  # fmt: skip
+
+
+class PushError(MedftError):
+    """The push did not go through; the local files are intact."""
+
+
+def check_push_ready(repo_id: str | None) -> None:
+    """Fail before training, not after: a token must be available and the repo id valid."""
+    if not repo_id:
+        raise MedftError("--push_to_hub needs --hub_model_id NAME (e.g. your-name/densenet121-lpft-chest-xray).")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise MedftError(f"--hub_model_id {repo_id}: not a valid repo id ({error}). Use 'namespace/name'.") from error
+    if not get_token():
+        raise MedftError(
+            "--push_to_hub needs a Hugging Face token: set HF_TOKEN or run `hf auth login` (a write token), "
+            "or drop --push_to_hub and push later with `medft-push model DIR --repo_id NAME`."
+        )
+
+
+def is_hub_id(name: str | None) -> bool:
+    """A Hub repo id rather than a local folder."""
+    if not name or Path(name).exists() or name.startswith((".", "/", "bundled:")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def model_card(results: dict[str, Any], repo_id: str, license: str = "other") -> ModelCard:
+    """The card of a fine-tuned model: metadata the Hub indexes (model-index = results.json's test metrics)
+    and a body saying what it is, how it was trained, how to load it and what it is not for."""
+    strategy = STRATEGIES[results["strategy"]]
+    split = "test" if results.get("test") else "validation"
+    metrics = results[split]
+    dataset_name = results["dataset"]
+    data = ModelCardData(
+        base_model=results["model"] if is_hub_id(results["model"]) else None,
+        datasets=[dataset_name] if is_hub_id(dataset_name) else None,
+        license=license,
+        library_name="timm",
+        pipeline_tag="image-classification",
+        tags=["medical-imaging", *filter(None, [results.get("modality")]), results["strategy"], PROJECT],
+        model_name=repo_id.split("/")[-1],
+        eval_results=[
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=dataset_name,
+                dataset_name=Path(dataset_name).name,
+                dataset_config=results.get("dataset_config"),
+                dataset_split=split,
+                metric_type=metric,
+                metric_name=METRIC_NAMES[metric],
+                metric_value=metrics[metric],
+            )
+            for metric in METRIC_NAMES
+        ],
+    )
+    per_class = metrics["per_class"]
+    class_rows = "\n".join(
+        f"| {name} | {per_class['precision'][i]:.3f} | {per_class['recall'][i]:.3f} | {per_class['f1'][i]:.3f} "
+        f"| {per_class['support'][i]} |"
+        for i, name in enumerate(results["class_names"])
+    )
+    doc = (strategy.__doc__ or "").strip().splitlines()[0]
+    body = f"""
+# {repo_id.split("/")[-1]}
+
+{results["architecture"]} fine-tuned on **{Path(dataset_name).name}** ({", ".join(results["class_names"])}) with
+**{results["strategy"]}**: {strategy.summary}. {doc} ({strategy.reference}.) Trained with
+[{PROJECT}](https://github.com/medft-hf/medft-hf), which implements the strategies compared by Davila, Colan &
+Hasegawa (2024), "Comparison of fine-tuning strategies for transfer learning in medical image classification",
+arXiv 2406.10050.
+
+## Results ({split} split, {results["num_examples"].get(split, "?")} images)
+
+| metric | value |
+|---|---|
+{chr(10).join(f"| {METRIC_NAMES[m]} | {metrics[m]:.4f} |" for m in METRIC_NAMES)}
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{class_rows}
+
+The best epoch was chosen on the validation split ({results["validation_source"]}); the test split was
+evaluated once. Figures: `training_curves.png`, `confusion_matrix.png`; everything above: `results.json`.
+
+## Training set-up
+
+- Backbone: `{results["model"]}` ({results["architecture"]}), ImageNet-pretrained, new classification head.
+- Strategy settings: `{json.dumps(results["strategy_config"])}`.
+- Image size {results["image_size"]} px, {results["num_train_epochs"]:g} epochs, learning rate
+  {results["learning_rate"]:g}, seed {results["seed"]}, mixed precision: {results["mixed_precision"]}.
+- Hardware: {results["environment"]["device"]}; training time {results["train_runtime_s"]:.0f} s.
+
+## How to use
+
+```python
+from transformers import pipeline
+classifier = pipeline("image-classification", model="{repo_id}")
+classifier("image.png")
+```
+
+```python
+from transformers import AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained("{repo_id}")
+```
+
+```python
+import timm
+model = timm.create_model("hf-hub:{repo_id}", pretrained=True)
+config = timm.data.resolve_data_config(model=model)
+transform = timm.data.create_transform(**config)
+```
+
+## Intended use and limitations
+
+For research on transfer learning in medical imaging only. **This is not a medical device** and must not be used
+for diagnosis, triage or any clinical decision. It was trained on one dataset, whose patients, scanners and
+labelling conventions need not resemble yours; its scores say nothing about performance on another population.
+"""
+    return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body)
+
+
+def _retrying(action, what: str, local: Path, later: str, attempts: int = 3, delay_s: float = 2.0):
+    """Run `action()`, retrying server errors (5xx, 429) and network failures with exponential back-off; a refusal
+    (4xx) or the last failure ends with where the files are and how to push them later."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except HfHubHTTPError as error:
+            status = error.response.status_code if error.response is not None else None
+            if status is not None and status < 500 and status != 429:
+                raise PushError(f"{what} was refused ({status}: {_short(error)}). The files are safe in {local}; "
+                                 f"fix the cause, then: {later}") from error  # fmt: skip
+            last: Exception = error
+        except (httpx.TransportError, OSError) as error:  # connection refused, reset, timed out
+            last = error
+        if attempt < attempts:
+            time.sleep(delay_s * 2 ** (attempt - 1))
+    raise PushError(
+        f"{what} failed after {attempts} attempts ({type(last).__name__}: {_short(last)}). "
+        f"The files are safe in {local}. Push them later with: {later}"
+    ) from last
+
+
+def _short(error: Exception) -> str:
+    return str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+
+
+def push_model(output_dir: str | Path, repo_id: str, private: bool | None = None, license: str = "other",
+               delay_s: float = 2.0) -> str:  # fmt: skip
+    """Push a finished run (model, results.json, figures, and a model card written now) to a model repo."""
+    output_dir = Path(output_dir)
+    results_file = output_dir / RESULTS_FILE
+    if not results_file.is_file():
+        raise MedftError(f"{output_dir}: no {RESULTS_FILE}; only a finished run can be pushed.")
+    check_push_ready(repo_id)
+    results = json.loads(results_file.read_text())
+    model_card(results, repo_id, license).save(output_dir / "README.md")
+    api = HfApi()
+    later = f"medft-push model {output_dir} --repo_id {repo_id}"
+
+    def push() -> str:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=output_dir,
+            allow_patterns=MODEL_FILES,
+            commit_message=f"{results['strategy']} on {Path(results['dataset']).name} ({PROJECT})",
+        )
+        return commit.commit_url
+
+    return _retrying(push, f"pushing {output_dir} to {repo_id}", output_dir, later, delay_s=delay_s)
+
+
+def study_card(report_dir: Path, repo_id: str) -> DatasetCard:
+    data = DatasetCardData(
+        license="cc-by-4.0",
+        pretty_name=f"{repo_id.split('/')[-1]}: fine-tuning strategies compared",
+        tags=["medical-imaging", "fine-tuning", PROJECT],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "runs.parquet"}]}],
+    )
+    body = (report_dir / "report.md").read_text()
+    return DatasetCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body)
+
+
+def push_study(report_dir: str | Path, repo_id: str, private: bool | None = None, delay_s: float = 2.0) -> str:
+    """Push a study report (from `medft-report`) as a dataset repo: the tidy table, the report as its card, figures."""
+    report_dir = Path(report_dir)
+    if not (report_dir / "report.md").is_file() or not (report_dir / "runs.parquet").is_file():
+        raise MedftError(f"{report_dir}: not a study report (run `medft-report RESULTS --output_dir {report_dir}`).")
+    check_push_ready(repo_id)
+    study_card(report_dir, repo_id).save(report_dir / "README.md")
+    api = HfApi()
+    later = f"medft-push study {report_dir} --repo_id {repo_id}"
+
+    def push() -> str:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=report_dir,
+                                   allow_patterns=STUDY_FILES, commit_message=f"Study report ({PROJECT})")  # fmt: skip
+        return commit.commit_url
+
+    return _retrying(push, f"pushing {report_dir} to {repo_id}", report_dir, later, delay_s=delay_s)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="medft-push", description="Push a finished run or a study report to the Hub.")
+    sub = parser.add_subparsers(dest="kind", required=True)
+    model = sub.add_parser("model", help="a train.py output folder, as a model repo with a model card")
+    model.add_argument("folder")
+    model.add_argument("--license", default="other", help="the model card's license (default: other)")
+    study = sub.add_parser("study", help="a medft-report folder, as a dataset repo")
+    study.add_argument("folder")
+    for command in (model, study):
+        command.add_argument("--repo_id", required=True)
+        command.add_argument("--private", action="store_true", default=None)
+    args = parser.parse_args(argv)
+    try:
+        if args.kind == "model":
+            url = push_model(args.folder, args.repo_id, args.private, args.license)
+        else:
+            url = push_study(args.folder, args.repo_id, args.private)
+    except MedftError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(3 if isinstance(error, PushError) else 2)
+    print(f"pushed: {url}")
+
+
+if __name__ == "__main__":
+    main()
