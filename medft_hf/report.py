@@ -249,18 +249,23 @@ def write_report(root: str | Path, out: str | Path, metric: str = "balanced_accu
     paired.to_csv(out / "paired_vs_ft.csv", index=False)
     made = figures(root, selected, table, metric, out)
 
-    settings = sorted(runs["learning_rate"].unique())
+    def values(column: str) -> list:
+        return sorted(runs[column].unique().tolist())
+
     chosen = table.pivot_table(index=CASE, columns="strategy", values="learning_rate", aggfunc="first")
+    chosen = chosen[_ordered(chosen.columns)]
     text = [
         "# Study report",
         "",
         f"Produced by `medft-report {root} --output_dir {out}`" + (f" after `{command}`." if command else "."),
         "",
-        f"- Runs: {len(runs)} finished, {len(failed)} failed; seeds {sorted(runs['seed'].unique())}.",
-        f"- Hardware: {', '.join(sorted(runs['device'].unique()))}.",
-        f"- Image size {sorted(runs['image_size'].unique())} px, epochs {sorted(runs['epochs'].unique())}.",
+        f"- Runs: {len(runs)} finished, {len(failed)} failed; seeds {values('seed')}.",
+        f"- Hardware: {', '.join(values('device'))}; training time of all runs together "
+        f"{runs['train_runtime_s'].sum() / 60:.0f} min.",
+        f"- Image size {values('image_size')} px, epochs {values('epochs')}.",
         f"- Metric: test `{metric}`, mean ± std over seeds. Each strategy's learning rate was chosen per dataset and "
-        f"backbone by mean validation `{metric}` from {settings}; the test split was not used to choose.",
+        f"backbone by mean validation `{metric}` from {values('learning_rate')}; the test split was not used to "
+        "choose.",
         "",
         "## Test results (best per row in bold; in brackets: difference to ft)",
         "",
