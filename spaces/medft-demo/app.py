@@ -1,0 +1,224 @@
+"""medft-hf demo: try fine-tuned medical image classifiers, compare fine-tuning strategies, browse a study.
+
+Serves the models named in `models.yaml` beside this file (or the YAML file in $MEDFT_SPACE_CONFIG): Hub model ids
+or local `train.py` output folders, each loaded once at start-up. Run locally with `python spaces/medft-demo/app.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import timm
+import torch
+import yaml
+from huggingface_hub import hf_hub_download, snapshot_download
+from PIL import Image, UnidentifiedImageError
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from transformers import AutoModelForImageClassification
+
+from medft_hf.data import to_rgb
+
+HERE = Path(__file__).resolve().parent
+MAX_SIDE = 2048  # larger uploads are shrunk first: the model sees a few hundred pixels anyway
+DISCLAIMER = (
+    "**Research demonstration only — not a medical device, not for diagnosis or any clinical decision.** "
+    "Each model was trained on one public dataset and says nothing reliable about other patients or scanners."
+)
+Image.MAX_IMAGE_PIXELS = 200_000_000  # a 10000×10000 scan is fine; decompression bombs beyond this are refused
+
+
+class _Logits(torch.nn.Module):
+    """The transformers model as the plain logits function Grad-CAM expects."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+
+@dataclass
+class ServedModel:
+    name: str
+    source: str
+    model: torch.nn.Module
+    transform: Any
+    target_layer: torch.nn.Module
+    results: dict[str, Any]
+
+    @classmethod
+    def load(cls, source: str, name: str | None = None) -> ServedModel:
+        model = AutoModelForImageClassification.from_pretrained(source, use_safetensors=True).eval()
+        timm_model = model.timm_model
+        config = timm.data.resolve_data_config(model=timm_model)
+        local = Path(source)
+        results_path = local / "results.json" if local.is_dir() else Path(hf_hub_download(source, "results.json"))
+        results = json.loads(results_path.read_text())
+        layer = timm_model.get_submodule(timm_model.feature_info[-1]["module"])
+        label = name or f"{results['strategy']} · {results['architecture']} · {Path(results['dataset']).name}"
+        return cls(label, source, model, timm.data.create_transform(**config), layer, results)
+
+    def metrics_markdown(self) -> str:
+        split = "test" if self.results.get("test") else "validation"
+        metrics = self.results[split]
+        return (
+            f"**{self.name}** — strategy `{self.results['strategy']}`, {split} balanced accuracy "
+            f"{metrics['balanced_accuracy']:.3f}, AUROC {metrics['auroc']:.3f}, macro F1 {metrics['macro_f1']:.3f} "
+            f"({self.results['num_examples'].get(split, '?')} images)"
+        )
+
+    def predict(self, image: Image.Image) -> tuple[dict[str, float], np.ndarray]:
+        """Class probabilities and a Grad-CAM overlay for the top class."""
+        pixels = self.transform(image).unsqueeze(0)
+        with torch.no_grad():
+            probabilities = self.model(pixel_values=pixels).logits.softmax(-1)[0]
+        labels = {self.model.config.id2label[i]: float(p) for i, p in enumerate(probabilities)}
+        top = int(probabilities.argmax())
+        with GradCAM(model=_Logits(self.model), target_layers=[self.target_layer]) as cam:
+            heat = cam(input_tensor=pixels, targets=[ClassifierOutputTarget(top)])[0]
+        size = pixels.shape[-1]
+        background = np.asarray(image.resize((size, size)), dtype=np.float32) / 255.0
+        overlay = show_cam_on_image(background, heat, use_rgb=True)
+        return labels, np.asarray(Image.fromarray(overlay).resize((256, 256), Image.Resampling.NEAREST))
+
+
+class ImageInput(gr.Image):
+    """gr.Image whose unreadable uploads (not an image, truncated) get a friendly message, not a stack trace:
+    gr.Image opens the file with PIL before our function runs."""
+
+    def get_block_name(self) -> str:
+        return "image"  # the front end of gr.Image
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+            raise gr.Error(unreadable(error)) from error
+
+
+def unreadable(error: Exception) -> str:
+    return f"That file could not be read as an image ({type(error).__name__}). Try a PNG or JPEG."
+
+
+def read_image(path: str | None) -> Image.Image:
+    """The uploaded file as an RGB image, or a message the user can act on."""
+    if not path:
+        raise gr.Error("Please upload an image (PNG, JPEG, TIFF...) or pick an example.")
+    try:
+        with Image.open(path) as opened:
+            opened.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at reduced size directly
+            image = opened.copy()
+            image.load()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+        raise gr.Error(unreadable(error)) from error
+    image.thumbnail((MAX_SIDE, MAX_SIDE))
+    return to_rgb(image)
+
+
+def load_config() -> dict[str, Any]:
+    path = Path(os.environ.get("MEDFT_SPACE_CONFIG", HERE / "models.yaml"))
+    config = yaml.safe_load(path.read_text()) or {}
+    base = path.parent
+    for entry in config.get("models", []):
+        if not Path(entry["source"]).is_absolute() and (base / entry["source"]).exists():
+            entry["source"] = str(base / entry["source"])
+    if config.get("study") and (base / config["study"]).exists():
+        config["study"] = str(base / config["study"])
+    return config
+
+
+def load_study(source: str | None) -> tuple[str, str | None]:
+    """The paper-style table and the Δ-vs-ft heatmap of a `medft-report` folder or a Hub dataset repo."""
+    if not source:
+        return "No study configured: set `study:` in models.yaml to a medft-report folder or Hub dataset.", None
+    folder = Path(source) if Path(source).is_dir() else Path(snapshot_download(source, repo_type="dataset"))
+    report = (
+        (folder / "report.md").read_text() if (folder / "report.md").exists() else (folder / "README.md").read_text()
+    )
+    report = re.sub(r"^---\n.*?\n---\n", "", report, flags=re.DOTALL)  # a dataset card's metadata block
+    sections = report.split("\n## ")
+    keep = [s for s in sections if s.startswith(("Test results", "The paper's claims", "Paired comparison"))]
+    heatmap = folder / "delta_vs_ft.png"
+    text = "\n\n".join("## " + s for s in keep) or report
+    return text, str(heatmap) if heatmap.exists() else None
+
+
+def build_demo(models: list[ServedModel], study_source: str | None) -> gr.Blocks:
+    by_name = {m.name: m for m in models}
+    examples = sorted(str(p) for p in (HERE / "examples").glob("*.png"))
+
+    def predict(path: str | None, name: str):
+        model = by_name[name]
+        labels, heatmap = model.predict(read_image(path))
+        return labels, heatmap, model.metrics_markdown()
+
+    def compare(path: str | None, names: list[str]):
+        if not names:
+            raise gr.Error("Pick at least one model to compare.")
+        image = read_image(path)
+        gallery, lines = [], ["| model | top class | probability |", "|---|---|---|"]
+        for name in names:
+            labels, heatmap = by_name[name].predict(image)
+            top = max(labels, key=labels.get)
+            gallery.append((heatmap, f"{name}: {top} ({labels[top]:.2f})"))
+            lines.append(f"| {name} | {top} | {labels[top]:.3f} |")
+        metrics = "\n\n".join(by_name[name].metrics_markdown() for name in names)
+        return gallery, "\n".join(lines) + "\n\n" + metrics
+
+    study_text, study_heatmap = load_study(study_source)
+    with gr.Blocks(title="medft-hf: fine-tuning strategies for medical images") as demo:
+        gr.Markdown("# medft-hf: fine-tuned medical image classifiers\n" + DISCLAIMER)
+        with gr.Tab("Predict"):
+            with gr.Row():
+                with gr.Column():
+                    image = ImageInput(type="filepath", label="Image")
+                    choice = gr.Dropdown(list(by_name), value=models[0].name, label="Model")
+                    run = gr.Button("Predict", variant="primary")
+                    gr.Examples(examples, inputs=image, label="Examples (MedMNIST v2 / Kermany et al. 2018, CC BY 4.0)")
+                with gr.Column():
+                    label = gr.Label(num_top_classes=3, label="Prediction")
+                    heatmap = gr.Image(label="Grad-CAM (where the model looked)", elem_id="heatmap")
+                    metrics = gr.Markdown(elem_id="metrics")
+            run.click(predict, [image, choice], [label, heatmap, metrics], api_name="predict")
+        with gr.Tab("Compare"):
+            with gr.Row():
+                with gr.Column():
+                    compare_image = ImageInput(type="filepath", label="Image")
+                    picked = gr.CheckboxGroup(list(by_name), value=list(by_name)[:3], label="Models")
+                    compare_run = gr.Button("Compare", variant="primary")
+                    gr.Examples(examples, inputs=compare_image)
+                with gr.Column():
+                    gallery = gr.Gallery(label="Grad-CAM per model", columns=3, height="auto")
+                    table = gr.Markdown()
+            compare_run.click(compare, [compare_image, picked], [gallery, table], api_name="compare")
+        with gr.Tab("Study"):
+            gr.Markdown(study_text)
+            if study_heatmap:
+                gr.Image(study_heatmap, label="Test score difference to full fine-tuning", interactive=False)
+    return demo
+
+
+def main() -> None:
+    config = load_config()
+    models = [ServedModel.load(entry["source"], entry.get("name")) for entry in config.get("models", [])]
+    if not models:
+        raise SystemExit("No models configured: list them under `models:` in models.yaml or $MEDFT_SPACE_CONFIG.")
+    demo = build_demo(models, config.get("study"))
+    demo.queue(default_concurrency_limit=2).launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""The Gradio Space: its API through gradio_client (bad inputs included) and its pages in a real browser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from test_study import write_result
+from test_train import ROOT, train
+
+from medft_hf.report import write_report
+
+pytest.importorskip("gradio", reason="the Space's dependencies (gradio, grad-cam) are not installed")
+from gradio_client import Client, handle_file
+
+CHROMIUM = Path("/usr/bin/chromium")
+APP = ROOT / "spaces" / "medft-demo" / "app.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def space_config(tiny_model, tiny_dataset, tmp_path_factory) -> Path:
+    """Two tiny models trained here (or, with MEDFT_SPACE_TEST_CONFIG, a config of models trained on real data)."""
+    if os.environ.get("MEDFT_SPACE_TEST_CONFIG"):
+        return Path(os.environ["MEDFT_SPACE_TEST_CONFIG"])
+    folder = tmp_path_factory.mktemp("space")
+    models = []
+    for strategy in ("ft", "lpft"):
+        train(tiny_model, tiny_dataset, folder / strategy, "--strategy", strategy)
+        models.append({"name": strategy.upper(), "source": str(folder / strategy)})
+    for seed in range(2):
+        for strategy, score in (("ft", 0.6), ("lpft", 0.7)):
+            write_result(folder / "study_runs", "d", strategy, seed, 1e-3, 0.5, score + 0.01 * seed)
+    write_report(folder / "study_runs", folder / "study")
+    config = folder / "models.yaml"
+    config.write_text(yaml.safe_dump({"models": models, "study": str(folder / "study")}))
+    return config
+
+
+@pytest.fixture(scope="module")
+def space_url(space_config) -> str:
+    port = _free_port()
+    env = {**os.environ, "MEDFT_SPACE_CONFIG": str(space_config), "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    process = subprocess.Popen([sys.executable, str(APP)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the app exited: {process.stdout.read()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("the app did not start within 120 s")
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(space_url) -> Client:
+    return Client(space_url, verbose=False)
+
+
+def _models(space_config: Path) -> list[str]:
+    return [entry["name"] for entry in yaml.safe_load(space_config.read_text())["models"]]
+
+
+def _png(path: Path, array: np.ndarray, mode: str | None = None) -> str:
+    (Image.fromarray(array, mode=mode) if mode else Image.fromarray(array)).save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    files = {
+        "rgb": _png(folder / "rgb.png", rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)),
+        "gray": _png(folder / "gray.png", rng.integers(0, 255, (40, 50), dtype=np.uint8)),
+        "rgba": _png(folder / "rgba.png", rng.integers(0, 255, (64, 64, 4), dtype=np.uint8)),
+        "16bit": _png(folder / "16bit.png", rng.integers(0, 65535, (64, 64), dtype=np.uint16)),
+        "huge": _png(folder / "huge.png", np.zeros((10_000, 10_000), dtype=np.uint8)),
+    }
+    (folder / "notes.txt").write_text("not an image")
+    files["text"] = str(folder / "notes.txt")
+    (folder / "corrupt.png").write_bytes(Path(files["rgb"]).read_bytes()[:200])
+    files["corrupt"] = str(folder / "corrupt.png")
+    return files
+
+
+def test_predict_returns_classes_heatmap_and_metrics(client, space_config, inputs):
+    labels, heatmap, metrics = client.predict(handle_file(inputs["rgb"]), _models(space_config)[0], api_name="/predict")
+    assert len(labels["confidences"]) >= 2
+    assert sum(c["confidence"] for c in labels["confidences"]) == pytest.approx(1.0, abs=0.02)
+    assert Image.open(heatmap).size == (256, 256)
+    assert "balanced accuracy" in metrics
+
+
+@pytest.mark.parametrize("kind", ["gray", "rgba", "16bit", "huge"])
+def test_unusual_images_get_a_prediction(client, space_config, inputs, kind):
+    labels, _, _ = client.predict(handle_file(inputs[kind]), _models(space_config)[0], api_name="/predict")
+    assert labels["label"] in {c["label"] for c in labels["confidences"]}
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"), [("text", "could not be read as an image"), ("corrupt", "could not be read as an image"),
+                          (None, "Please upload an image")]
+)  # fmt: skip
+def test_bad_inputs_get_a_friendly_message_and_the_app_keeps_serving(client, space_config, inputs, kind, message):
+    name = _models(space_config)[0]
+    with pytest.raises(Exception, match=message):
+        client.predict(handle_file(inputs[kind]) if kind else None, name, api_name="/predict")
+    labels, _, _ = client.predict(handle_file(inputs["rgb"]), name, api_name="/predict")
+    assert labels["label"]
+
+
+def test_five_simultaneous_requests_are_all_answered(space_url, space_config, inputs):
+    name = _models(space_config)[0]
+
+    def one(_):
+        return Client(space_url, verbose=False).predict(handle_file(inputs["rgb"]), name, api_name="/predict")[0]
+
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(one, range(5)))
+    assert len({a["label"] for a in answers}) == 1 and len(answers) == 5
+
+
+def test_compare_runs_every_chosen_model(client, space_config, inputs):
+    names = _models(space_config)
+    gallery, table = client.predict(handle_file(inputs["rgb"]), names, api_name="/compare")
+    assert len(gallery) == len(names)
+    for name in names:
+        assert f"| {name} |" in table
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_the_pages_work_in_a_real_browser(space_url, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    shots = Path(os.environ.get("MEDFT_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    example = ROOT / "spaces" / "medft-demo" / "examples" / "breast-ultrasound-malignant.png"
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(space_url)
+        page.get_by_text("not a medical device").first.wait_for()
+        page.locator("input[type=file]").first.set_input_files(str(example))
+        page.get_by_role("button", name="Predict").click()
+        page.locator("#metrics").get_by_text("balanced accuracy").wait_for(timeout=60_000)
+        page.locator("#heatmap img").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(shots / "space_predict.png"), full_page=True)
+
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("input[type=file]").nth(1).set_input_files(str(example))
+        page.get_by_role("button", name="Compare").click()
+        page.get_by_text("top class").wait_for(timeout=60_000)
+        page.screenshot(path=str(shots / "space_compare.png"), full_page=True)
+
+        page.get_by_role("tab", name="Study").click()
+        page.get_by_text("Test results").first.wait_for()
+        page.screenshot(path=str(shots / "space_study.png"), full_page=True)
+        browser.close()
+    for name in ("space_predict.png", "space_compare.png", "space_study.png"):
+        assert (shots / name).stat().st_size > 10_000
+    if "MEDFT_SCREENSHOT_DIR" not in os.environ:
+        shutil.rmtree(shots, ignore_errors=True)
