@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def space_files(space: Path) -> list[CommitOperationAdd]:
     """The Space folder itself, plus the package (without caches) so that `import medft_hf` works there."""
-    files = [p for p in space.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    files = [p for p in space.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyi"]
     package = [p for p in (ROOT / "medft_hf").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     hub_configs = [p for p in (ROOT / "hub_configs").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     operations = [CommitOperationAdd(str(p.relative_to(space)), str(p)) for p in files]
