@@ -12,6 +12,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import hub_server as hub_server_module
 import numpy as np
 import pytest
 import yaml
@@ -25,6 +26,7 @@ pytest.importorskip("gradio", reason="the Space's dependencies (gradio, grad-cam
 from gradio_client import Client, handle_file
 
 CHROMIUM = Path("/usr/bin/chromium")
+hub_server = hub_server_module.hub_server  # the fixture
 APP = ROOT / "spaces" / "medft-demo" / "app.py"
 
 
@@ -189,3 +191,23 @@ def test_the_pages_work_in_a_real_browser(space_url, tmp_path):
         assert (shots / name).stat().st_size > 10_000
     if "MEDFT_SCREENSHOT_DIR" not in os.environ:
         shutil.rmtree(shots, ignore_errors=True)
+
+
+def test_the_study_tab_reads_a_hub_dataset_repo(hub_server, tmp_path):
+    import importlib.util
+
+    from medft_hf.hub import push_study
+
+    for seed in range(2):
+        write_result(tmp_path / "runs", "d", "ft", seed, 1e-3, 0.5, 0.6)
+        write_result(tmp_path / "runs", "d", "lpft", seed, 1e-3, 0.5, 0.7)
+    write_report(tmp_path / "runs", tmp_path / "report")
+    push_study(tmp_path / "report", "tester/study", delay_s=0)
+    spec = importlib.util.spec_from_file_location("space_app", APP)
+    app = importlib.util.module_from_spec(spec)
+    sys.modules["space_app"] = app  # dataclasses look their module up there
+    spec.loader.exec_module(app)
+    text, heatmap = app.load_study("tester/study")
+    assert "## Test results" in text and "| d | net |" in text
+    assert "pretty_name" not in text, "the card's metadata block is not shown"
+    assert Path(heatmap).name == "delta_vs_ft.png"

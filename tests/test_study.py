@@ -181,3 +181,27 @@ def test_report_writes_tables_figures_and_lists_failed_cells(synthetic, tmp_path
     for name in ("delta_vs_ft.png", "training_curves.png", "auto_rgn_factors.png", "runs.csv", "runs.parquet"):
         assert (out / name).stat().st_size > 0
     assert len(pd.read_parquet(out / "runs.parquet")) == 27
+
+
+def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tiny_model, tiny_dataset, tmp_path):
+    from medft_hf.study import main
+
+    spec = {
+        "name": "mixed",
+        "strategies": ["lp"],
+        "backbones": [{"name": "tiny-net", "model": str(tiny_model)}],
+        "datasets": [{"name": "missing", "path": str(tmp_path / "no-such-data")},
+                     {"name": "tiny-data", "path": str(tiny_dataset)}],
+        "seeds": [0],
+        "training": {"image_size": 32, "num_train_epochs": 1, "use_cpu": True},
+    }  # fmt: skip
+    grid_file, out = tmp_path / "mixed.yaml", tmp_path / "out"
+    grid_file.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(grid_file), "--output_dir", str(out)])
+    assert exit_info.value.code == 1
+    failed = json.loads((out / "missing/tiny-net/lp/default/seed0/failed.json").read_text())
+    assert "no-such-data: not found" in failed["error"]
+    assert (out / "tiny-data/tiny-net/lp/default/seed0/results.json").exists(), "the next cell still ran"
+    report = write_report(out, tmp_path / "report").read_text()
+    assert "`missing/tiny-net/lp/default/seed0`: MedftError" in report
