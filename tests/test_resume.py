@@ -123,28 +123,39 @@ def test_sigkill_during_a_save_then_resume_skips_the_half_written_checkpoint(tin
         "--eval_strategy", "no", "--load_best_model_at_end", "false",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            saving = [p for p in output_dir.glob("checkpoint-*") if not (p / STATE_FILE).exists()]
-            if saving and any(output_dir.glob(f"checkpoint-*/{STATE_FILE}")):
-                process.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.001)
-        else:
-            pytest.fail("the run ended before a save could be interrupted")
-    finally:
-        process.kill()
-        process.wait()
-    assert not (output_dir / "results.json").exists(), "a killed run does not look finished"
-    half_written = sorted(p.name for p in output_dir.glob("checkpoint-*") if not (p / STATE_FILE).exists())
-    assert half_written, "the kill landed inside a save"
+
+    def half_written() -> list[str]:
+        return sorted(p.name for p in output_dir.glob("checkpoint-*") if not (p / STATE_FILE).exists())
+
+    # A save of this tiny model takes milliseconds, so the kill may land just after one: try again (resuming, and
+    # so also killing resumed runs) until a checkpoint is caught half-written.
+    for attempt in range(6):
+        resume = ["--resume_from_checkpoint", "true"] if attempt else []
+        process = subprocess.Popen([*command, *resume], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 120
+        try:
+            while time.monotonic() < deadline and process.poll() is None:
+                if half_written() and any(output_dir.glob(f"checkpoint-*/{STATE_FILE}")):
+                    process.send_signal(signal.SIGKILL)
+                    break
+                time.sleep(0.0005)
+            else:
+                pytest.fail("the run ended before a save could be interrupted")
+        finally:
+            process.kill()
+            process.wait()
+        assert not (output_dir / "results.json").exists(), "a killed run does not look finished"
+        if half_written():
+            break
+    else:
+        pytest.fail("no kill landed inside a save in 6 attempts")
+    caught = half_written()
 
     resumed = subprocess.run(
         [*command, "--resume_from_checkpoint", "true"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (output_dir / "results.json").exists()
-    for name in half_written:
+    for name in caught:
         assert f"Skipping {output_dir / name}" in resumed.stderr
