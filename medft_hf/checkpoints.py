@@ -17,7 +17,20 @@ from .errors import MedftError
 from .results import write_json_atomic
 
 STATE_FILE = "medft_state.json"
-IDENTITY_FIELDS = ("strategy", "model", "dataset", "dataset_config", "class_names")
+# What must match for a checkpoint to continue this run: the data, the model, and every setting that shapes
+# training (resuming with another --sp_alpha, --lp_epochs or epoch count would silently splice two runs).
+IDENTITY_FIELDS = (
+    "strategy",
+    "model",
+    "dataset",
+    "dataset_config",
+    "class_names",
+    "strategy_config",
+    "learning_rate",
+    "num_train_epochs",
+    "image_size",
+    "augmentation",
+)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 logger = logging.getLogger(__name__)
 
@@ -75,6 +88,6 @@ def load_checkpoint_state(checkpoint: Path, identity: dict[str, Any]) -> dict[st
     if mismatches:
         raise MedftError(
             f"--resume_from_checkpoint {checkpoint} was made by a different run ({'; '.join(mismatches)}). "
-            "Resume with the same --strategy, --model and --dataset, or start a new --output_dir."
+            "Resume with the same flags, or start a new --output_dir."
         )
     return saved

@@ -253,14 +253,32 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         return {"pixel_values": pixel_values, "labels": row[self.label_column]}
 
 
-def build_transforms(timm_model: torch.nn.Module, image_size: int) -> tuple[Any, Any]:
+# Training augmentations, by name (`--augmentation`). None of them touches intensity or colour: in a medical
+# image those carry meaning. Each is a random resized crop (share of the area, aspect-ratio range) and a
+# horizontal flip through timm's `create_transform`; "none" trains on the evaluation transform.
+AUGMENTATIONS: dict[str, dict[str, Any] | None] = {
+    "light": {"scale": (0.85, 1.0), "ratio": (1.0, 1.0), "hflip": 0.5},
+    "rrc": {"scale": (0.5, 1.0), "ratio": (3 / 4, 4 / 3), "hflip": 0.5},
+    "none": None,
+}
+# ours, chosen on validation across the shared datasets (docs/results/augmentation.md)
+DEFAULT_AUGMENTATION = "light"
+
+
+def build_transforms(
+    timm_model: torch.nn.Module, image_size: int, augmentation: str = DEFAULT_AUGMENTATION
+) -> tuple[Any, Any]:
     """Train and eval transforms from the backbone's pretrained config (mean/std/interpolation), at `image_size`.
 
-    Training: random resized crop of 50-100% of the image and a horizontal flip, no colour jitter (the
-    intensity of a medical image carries meaning). Evaluation: the whole image resized, no crop.
+    Training: the named `augmentation` recipe. Evaluation: the whole image resized, no crop.
     """
+    if augmentation not in AUGMENTATIONS:
+        raise MedftError(f"--augmentation {augmentation}: choose one of {', '.join(AUGMENTATIONS)}.")
     config = resolve_data_config(model=timm_model)
     config.update(input_size=(3, image_size, image_size), crop_pct=1.0)
-    train = create_transform(**config, is_training=True, scale=(0.5, 1.0), hflip=0.5, color_jitter=None)
     evaluation = create_transform(**config, is_training=False)
+    recipe = AUGMENTATIONS[augmentation]
+    if recipe is None:
+        return evaluation, evaluation
+    train = create_transform(**config, is_training=True, **recipe, color_jitter=None)
     return train, evaluation

@@ -121,6 +121,7 @@ evaluated once. Figures: `training_curves.png`, `confusion_matrix.png`; everythi
 
 - Backbone: `{results["model"]}` ({results["architecture"]}), ImageNet-pretrained, new classification head.
 - Strategy settings: `{json.dumps(results["strategy_config"])}`.
+- Training augmentation: `{results.get("augmentation", "rrc")}` (see the medft-hf README).
 - Image size {results["image_size"]} px, {results["num_train_epochs"]:g} epochs, learning rate
   {results["learning_rate"]:g}, seed {results["seed"]}, mixed precision: {results["mixed_precision"]}.
 - Hardware: {results["environment"]["device"]}; training time {results["train_runtime_s"]:.0f} s.

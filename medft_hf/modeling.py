@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import timm
 import torch
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from timm.models import group_parameters
@@ -25,37 +26,50 @@ class BlockLayout:
     """A backbone cut into timm's coarse parameter groups, ordered from the stem to the last block.
 
     `head` holds the classifier layers: everything after the last feature block (for VGG that includes
-    the fc6/fc7 `pre_logits`). Names are those of `model.named_parameters()` on the wrapper.
+    the pretrained fc6/fc7 `pre_logits`); `new` is the part of it created for this task (timm's classifier), the
+    only tensors without pretrained values. Names are those of `model.named_parameters()` on the wrapper.
     """
 
     blocks: tuple[tuple[str, ...], ...]
     head: tuple[str, ...]
+    new: tuple[str, ...]
 
     @property
     def backbone(self) -> tuple[str, ...]:
         return tuple(name for block in self.blocks for name in block)
 
+    @property
+    def pretrained(self) -> tuple[str, ...]:
+        """Every tensor that starts from pretrained values (the backbone and, e.g., VGG's fc6/fc7)."""
+        return self.backbone + tuple(name for name in self.head if name not in self.new)
+
     @classmethod
     def from_model(cls, model: TimmWrapperForImageClassification) -> BlockLayout:
-        timm_model = model.timm_model
+        return cls.from_timm(model.timm_model, TIMM_PREFIX, model.config.architecture)
+
+    @classmethod
+    def from_timm(cls, timm_model: torch.nn.Module, prefix: str = "", architecture: str = "") -> BlockLayout:
+        """The layout of a bare timm model; `prefix` is where it sits in the model whose names are used."""
         groups = [
-            tuple(TIMM_PREFIX + name for name in names)
+            tuple(prefix + name for name in names)
             for names in group_parameters(timm_model, timm_model.group_matcher(coarse=True)).values()
         ]
         *blocks, head = groups
         # timm leaves un-matched parameters (the classifier, but also e.g. DenseNet's final `norm5`) in the
         # last group; what sits inside the last feature module belongs to the backbone, not to the head.
-        last_feature = TIMM_PREFIX + timm_model.feature_info[-1]["module"] + "."
+        last_feature = prefix + timm_model.feature_info[-1]["module"] + "."
         in_features = tuple(name for name in head if name.startswith(last_feature))
         if in_features:
             blocks[-1] = blocks[-1] + in_features
             head = tuple(name for name in head if name not in in_features)
-        if not blocks or not head:
+        classifier = {id(p) for p in timm_model.get_classifier().parameters()}
+        new = tuple(prefix + name for name, p in timm_model.named_parameters() if id(p) in classifier)
+        if not blocks or not head or not new:
             raise MedftError(
-                f"timm's group_matcher for {model.config.architecture!r} gives no separate classifier; "
-                "choose a timm CNN such as resnet50, densenet121, vgg19 or efficientnet."
+                f"timm's group_matcher for {architecture or type(timm_model).__name__!r} gives no separate "
+                "classifier; choose a timm CNN such as resnet50, densenet121, vgg19 or efficientnet."
             )
-        return cls(blocks=tuple(blocks), head=head)
+        return cls(blocks=tuple(blocks), head=head, new=new)
 
 
 def load_model(model_name_or_path: str, class_names: list[str]) -> TimmWrapperForImageClassification:
@@ -98,6 +112,22 @@ def load_model(model_name_or_path: str, class_names: list[str]) -> TimmWrapperFo
     except ValueError as error:
         raise MedftError(f"--model {model_name_or_path}: not a timm model ({_first_line(error)}).") from error
     return model
+
+
+def architecture_layout(model_name_or_path: str) -> BlockLayout:
+    """The block layout of a backbone from its architecture alone (no weights are read or downloaded beyond the
+    config of a local folder): for checks that must stay cheap, such as a study grid's."""
+    config_file = Path(model_name_or_path) / "config.json"
+    if config_file.is_file():
+        architecture = TimmWrapperConfig.from_pretrained(model_name_or_path).architecture
+    else:  # a Hub id such as timm/resnet50.tv_in1k names its architecture
+        architecture = model_name_or_path.removeprefix("timm/").split(".")[0]
+    try:
+        with torch.device("meta"):
+            timm_model = timm.create_model(architecture, pretrained=False)
+    except RuntimeError as error:
+        raise MedftError(f"--model {model_name_or_path}: unknown timm architecture {architecture!r}.") from error
+    return BlockLayout.from_timm(timm_model, TIMM_PREFIX, architecture)
 
 
 def min_image_size(model: TimmWrapperForImageClassification) -> int:

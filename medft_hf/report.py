@@ -21,7 +21,7 @@ from .results import RESULTS_FILE
 from .strategies import STRATEGIES
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
-SETTING_COLUMNS = ("learning_rate", "strategy_config")
+SETTING_COLUMNS = ("learning_rate", "strategy_config", "augmentation")
 CASE = ["dataset", "backbone"]
 
 
@@ -49,6 +49,8 @@ def _row(results: dict[str, Any], folder: Path, root: Path) -> dict[str, Any]:
         "seed": results["seed"],
         "learning_rate": results["learning_rate"],
         "strategy_config": json.dumps(results["strategy_config"], sort_keys=True),
+        # runs made before --augmentation existed used what is now called "rrc"
+        "augmentation": results.get("augmentation", "rrc"),
         "image_size": results["image_size"],
         "epochs": results["num_train_epochs"],
         "train_runtime_s": results["train_runtime_s"],

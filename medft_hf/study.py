@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import math
 import os
 import shutil
 import sys
 import traceback
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,9 @@ from tqdm.auto import tqdm
 
 from .checkpoints import latest_complete_checkpoint
 from .errors import MedftError
+from .modeling import architecture_layout
 from .results import RESULTS_FILE, is_finished_run, write_json_atomic
-from .strategies import STRATEGIES
+from .strategies import STRATEGIES, build_strategy
 
 FAILED_FILE = "failed.json"
 logger = logging.getLogger(__name__)
@@ -116,11 +118,44 @@ class Grid:
         ]
         if not self.seeds:
             problems.append("no seeds")
+        if not problems:
+            problems += self.coinciding_schedules()
         if problems:
             raise MedftError(
                 f"grid {self.name}: " + "; ".join(problems) + f". Known strategies: {', '.join(STRATEGIES)}; "
                 f"backbones: {', '.join(sorted(backbones))}; datasets: {', '.join(sorted(datasets))}."
             )
+
+    def coinciding_schedules(self) -> list[str]:
+        """Strategies of the grid that would train identically (e.g. gu_lf and gu_fl at 2 epochs): comparing them
+        would measure nothing but seed noise. Checked on each backbone's architecture, at the grid's epoch count and
+        each strategy's fixed flags (swept flags are not expanded)."""
+        problems = []
+        for backbone in self.backbones:
+            name = backbone if isinstance(backbone, str) else backbone["name"]
+            layout = architecture_layout(self.entry("backbones", name)["model"])
+            built = {}
+            for strategy in self.strategies:
+                flags = {**self.training, **self.overrides.get(strategy, {})}
+                epochs = math.ceil(float(flags.get("num_train_epochs", 10)))
+                config_class = STRATEGIES[strategy].config_class
+                config = config_class(**{f.name: flags[f.name] for f in fields(config_class) if f.name in flags})
+                try:
+                    built[strategy] = build_strategy(strategy, config, layout, epochs)
+                except MedftError as error:
+                    problems.append(f"{strategy} on {name}: {error}")
+            by_schedule: dict[Any, list[str]] = {}
+            for strategy, built_strategy in built.items():
+                signature = built_strategy.schedule_signature()
+                if signature is not None:
+                    by_schedule.setdefault((len(signature), signature), []).append(strategy)
+            problems += [
+                f"on {name} at {epochs} epochs, {' and '.join(same)} train identically (the same blocks frozen in "
+                "every epoch); raise num_train_epochs or drop all but one"
+                for (epochs, _), same in by_schedule.items()
+                if len(same) > 1
+            ]
+        return problems
 
     def entry(self, kind: str, name: str) -> dict[str, Any]:
         """The catalog or inline entry called `name` (kind: backbones or datasets)."""

@@ -9,6 +9,7 @@ build the strategy, train with the best epoch chosen on validation, evaluate the
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from argparse import RawDescriptionHelpFormatter
 from dataclasses import asdict, dataclass, field
@@ -19,7 +20,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from . import metrics as metrics_lib
 from .checkpoints import load_checkpoint_state, resolve_checkpoint
-from .data import ImageClassificationDataset, build_transforms, load_splits
+from .data import AUGMENTATIONS, DEFAULT_AUGMENTATION, ImageClassificationDataset, build_transforms, load_splits
 from .errors import MedftError
 from .figures import run_figures
 from .hub import PushError, check_push_ready, push_model
@@ -32,7 +33,7 @@ from .results import (
     save_model_atomic,
     write_json_atomic,
 )
-from .strategies import STRATEGIES, build_strategy, strategy_config_classes
+from .strategies import STRATEGIES, build_strategy, coinciding_strategies, strategy_config_classes
 from .trainer import StrategyTrainer
 
 logger = logging.getLogger("medft_hf")
@@ -73,6 +74,14 @@ class DataArguments:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Train on a seeded random subset of this many images."}
     )
+    augmentation: str = field(
+        default=DEFAULT_AUGMENTATION,
+        metadata={
+            "help": "Training augmentation: 'light' (random resized crop of 85-100%, no aspect change, flip), "
+            "'rrc' (crop of 50-100%, aspect 3/4-4/3, flip) or 'none'. No colour or intensity jitter.",
+            "choices": list(AUGMENTATIONS),
+        },
+    )
     modality: str | None = field(
         default=None, metadata={"help": "Imaging modality (X-ray, MRI, histology, ...), for the model card's tags."}
     )
@@ -101,6 +110,26 @@ class MedftTrainingArguments(TrainingArguments):
     greater_is_better: bool | None = True
     remove_unused_columns: bool = False
 
+    def __post_init__(self):
+        # Checked before transformers' own set-up, which would fail later with a raw traceback (or not at all).
+        problems = [
+            f"--{name} {value}: must be {relation} {limit:g}"
+            for name, relation, limit in (
+                ("learning_rate", ">", 0),
+                ("num_train_epochs", ">", 0),
+                ("per_device_train_batch_size", ">=", 1),
+                ("per_device_eval_batch_size", ">=", 1),
+                ("gradient_accumulation_steps", ">=", 1),
+                ("weight_decay", ">=", 0),
+                ("warmup_ratio", ">=", 0),
+            )
+            for value in [getattr(self, name, None)]
+            if value is not None and not (value > limit if relation == ">" else value >= limit)
+        ]
+        if problems:
+            raise MedftError("; ".join(problems) + ".")
+        super().__post_init__()
+
 
 def parse_args(argv: list[str] | None = None):
     epilog = "strategies:\n" + "\n".join(
@@ -118,6 +147,9 @@ def parse_args(argv: list[str] | None = None):
 
 def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, training_args) -> dict:
     """Train and evaluate one model; returns what it writes to `results.json`."""
+    strategy_cls = STRATEGIES[model_args.strategy]
+    config = next((c for c in strategy_configs if type(c) is strategy_cls.config_class), strategy_cls.config_class())
+    config.check()  # the flags alone first: a bad value stops the run before any data is read
     output_dir = Path(training_args.output_dir)
     if is_finished_run(output_dir) and not training_args.overwrite_output_dir:
         raise MedftError(
@@ -153,7 +185,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         )
         image_size = min_image_size(model)
     record_input_config(model, image_size)
-    train_transform, eval_transform = build_transforms(model.timm_model, image_size)
+    train_transform, eval_transform = build_transforms(model.timm_model, image_size, data_args.augmentation)
 
     def as_torch(split, transform, name, seed=None):
         return ImageClassificationDataset(split, splits.image_column, splits.label_column, transform, name, seed)
@@ -162,10 +194,19 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
     validation_set = as_torch(splits.validation, eval_transform, "validation")
     test_set = as_torch(splits.test, eval_transform, "test") if splits.test is not None else None
 
-    # 2. Strategy.
-    strategy_cls = STRATEGIES[model_args.strategy]
-    config = next((c for c in strategy_configs if type(c) is strategy_cls.config_class), strategy_cls.config_class())
-    strategy = build_strategy(model_args.strategy, config, BlockLayout.from_model(model))
+    # 2. Strategy, checked against the epoch count.
+    layout = BlockLayout.from_model(model)
+    num_epochs = math.ceil(training_args.num_train_epochs)
+    strategy = build_strategy(model_args.strategy, config, layout, num_epochs)
+    alike = coinciding_strategies(strategy)
+    if alike:
+        logger.warning(
+            "At %d epochs, --strategy %s trains exactly as %s (the same blocks frozen in every epoch). Raise "
+            "--num_train_epochs to tell them apart.",
+            num_epochs,
+            strategy.name,
+            " and ".join(alike),
+        )
     if training_args.ddp_find_unused_parameters is None:
         # Frozen tensors get no gradient; DDP must be told so instead of waiting for them.
         training_args.ddp_find_unused_parameters = strategy.changes_trainable_set
@@ -177,6 +218,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         "dataset": data_args.dataset or "bundled:breastmnist",
         "dataset_config": data_args.dataset_config,
         "class_names": splits.class_names,
+        "strategy_config": asdict(strategy.config),
+        "learning_rate": training_args.learning_rate,
+        "num_train_epochs": training_args.num_train_epochs,
+        "image_size": image_size,
+        "augmentation": data_args.augmentation,
     }
     # A checkpoint of another run is refused here, before anything is written.
     saved_state = load_checkpoint_state(checkpoint, identity) if checkpoint else None
@@ -205,7 +251,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
     results = {
         **identity,
         "modality": data_args.modality,
-        "strategy_config": asdict(strategy.config),
         "architecture": model.config.architecture,
         "validation_source": splits.validation_source,
         "num_examples": {
@@ -214,9 +259,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             "test": len(test_set or []),
         },
         "seed": training_args.seed,
-        "image_size": image_size,
-        "num_train_epochs": training_args.num_train_epochs,
-        "learning_rate": training_args.learning_rate,
         "mixed_precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
         "validation": evaluate(validation_set),
         "test": evaluate(test_set) if test_set is not None else None,

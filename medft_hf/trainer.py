@@ -1,7 +1,9 @@
 """A thin `transformers.Trainer` that hands every strategy decision to a `Strategy` object.
 
-It knows no strategy by name: the strategy builds the optimizer groups, decides at each epoch boundary what
-is frozen and how each group's learning rate is scaled, and may add a penalty to the loss.
+It knows no strategy by name: the strategy builds the optimizer groups, splits training into optimisation
+phases (each with fresh optimizer state and its own schedule), decides at each epoch boundary what is frozen and
+how each group's learning rate is scaled, and may add a penalty to the loss. Strategy hooks always get the bare
+model (`self.model`): a compiled or DDP-wrapped model renames parameters (`_orig_mod.`, `module.`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, get_scheduler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkpoints import write_checkpoint_state
@@ -29,6 +31,7 @@ class StrategyTrainer(Trainer):
     def __init__(self, *args, strategy: Strategy, run_identity: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.strategy = strategy
+        self.strategy.num_epochs = math.ceil(self.args.num_train_epochs)
         self.strategy.setup(self.model)
         self.run_identity = run_identity or {"strategy": strategy.name}
         self.trainable_per_epoch: dict[int, int] = {}
@@ -57,6 +60,50 @@ class StrategyTrainer(Trainer):
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """The Trainer's schedule (--lr_scheduler_type, warm-up), restarted at the start of every strategy phase
+        and peaking at that phase's learning rate."""
+        phases = self.strategy.phases()
+        if len(phases) == 1 or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        steps_per_epoch = num_training_steps / self.strategy.num_epochs
+        starts = [round(phase.start_epoch * steps_per_epoch) for phase in phases]
+        pieces = []
+        for phase, start, end in zip(phases, starts, [*starts[1:], num_training_steps], strict=True):
+            length = end - start
+            warmup = (
+                self.args.get_warmup_steps(length)
+                if phase.warmup_ratio is None
+                else math.ceil(phase.warmup_ratio * length)
+            )
+            peak = phase.learning_rate if phase.learning_rate is not None else self.args.learning_rate * phase.lr_scale
+            pieces.append((start, peak / self.args.learning_rate, self._schedule_shape(warmup, length)))
+
+        def multiplier(step: int) -> float:
+            start, scale, shape = next(piece for piece in reversed(pieces) if piece[0] <= step)
+            return scale * shape(step - start)
+
+        self.lr_scheduler = LambdaLR(optimizer or self.optimizer, multiplier)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def _schedule_shape(self, warmup_steps: int, num_steps: int):
+        """The multiplier-by-step function of --lr_scheduler_type over `num_steps` steps."""
+        probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        scheduler = get_scheduler(
+            self.args.lr_scheduler_type,
+            optimizer=probe,
+            num_warmup_steps=warmup_steps,
+            num_training_steps=num_steps,
+            scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
+        )
+        if not isinstance(scheduler, LambdaLR):
+            raise MedftError(
+                f"--strategy {self.strategy.name} restarts the schedule at each phase and needs a LambdaLR-based "
+                f"schedule (linear, cosine, constant, ...); --lr_scheduler_type gave {type(scheduler).__name__}."
+            )
+        return scheduler.lr_lambdas[0]
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Keep frozen BatchNorm in eval mode after the Trainer's `model.train()`, and add the strategy's penalty.
 
@@ -65,10 +112,9 @@ class StrategyTrainer(Trainer):
         """
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        unwrapped = self.accelerator.unwrap_model(model)
-        self.strategy.prepare_forward(unwrapped)
+        self.strategy.prepare_forward(self.model)
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        penalty = self.strategy.penalty(unwrapped)
+        penalty = self.strategy.penalty(self.model)
         if penalty is not None:
             loss = loss + penalty
         return (loss, outputs) if return_outputs else loss
@@ -76,16 +122,17 @@ class StrategyTrainer(Trainer):
     # ---- epoch boundaries (called by StrategyCallback) ------------------------------------------------
     def begin_strategy_epoch(self, epoch: int, resumed_mid_epoch: bool = False) -> None:
         """Freeze what the strategy says for `epoch`; at a true epoch start, also measure and apply its rate
-        factors and reset the optimizer if it asks to. Resuming inside an epoch, the factors and optimizer
-        state come back from the checkpoint with the optimizer and scheduler instead."""
-        model = self.accelerator.unwrap_model(self.model)
+        factors and reset the optimizer's moments at a new phase or if the strategy asks to. Resuming inside an
+        epoch, the factors and optimizer state come back from the checkpoint with the optimizer and scheduler."""
+        model = self.model
         self.strategy.begin_epoch(model, epoch)
         if not resumed_mid_epoch:
             with isolated_rng(derived_seed(self.args.seed, epoch), devices=range(torch.cuda.device_count())):
                 scales = self.strategy.lr_scales(model, epoch, lambda n: self._measurement_batches(n))
             if scales is not None:
                 self._apply_lr_scales(scales)
-            if self.strategy.resets_optimizer_state:
+            new_phase = epoch > 0 and epoch in {phase.start_epoch for phase in self.strategy.phases()}
+            if self.strategy.resets_optimizer_state or new_phase:
                 self.optimizer.state.clear()
         self.trainable_per_epoch[epoch] = count_trainable(model)
 

@@ -126,7 +126,7 @@ def make_trainer(
         model=model,
         args=args,
         train_dataset=ImageClassificationDataset(splits.train, "image", "label", train_tf, "train", seed=0),
-        strategy=build_strategy(strategy, config_class(**flags), BlockLayout.from_model(model)),
+        strategy=build_strategy(strategy, config_class(**flags), BlockLayout.from_model(model), epochs),
     )
     snapshots = Snapshots(model)
     trainer.add_callback(snapshots)

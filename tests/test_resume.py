@@ -61,7 +61,7 @@ def test_l2sp_anchor_after_resume_is_the_pretrained_weights(tiny_model, tiny_dat
     from safetensors.torch import load_file
 
     at_checkpoint = load_file(checkpoint / "model.safetensors")
-    for name, anchor in zip(resumed.strategy.backbone_names, resumed.strategy.anchor, strict=True):
+    for name, anchor in zip(resumed.strategy.anchored_names, resumed.strategy.anchor, strict=True):
         assert torch.equal(anchor, snaps.states[0][name]), "the anchor is the pretrained weight"
         saved = at_checkpoint[name.removeprefix("timm_model.")]
         assert not torch.equal(anchor, saved), "not the weight of the checkpoint resumed from"
@@ -87,6 +87,9 @@ def _listing(folder: Path) -> dict[str, float]:
             r"class_names: checkpoint \['benign', 'malignant', 'normal'\], this run \['malignant'",
         ),
         (["--model", "COPY"], r"model: checkpoint '.*', this run '.*model_copy'"),
+        (["--lp_epochs", "2", "--num_train_epochs", "3"], r"num_train_epochs: checkpoint 2.0, this run 3.0"),
+        (["--ft_learning_rate", "0.5"], r"strategy_config: checkpoint .*'ft_learning_rate': None.*0\.5"),
+        (["--learning_rate", "0.01"], r"learning_rate: checkpoint 0.001, this run 0.01"),
     ],
 )
 def test_resuming_a_different_run_is_refused(change, message, run_with_checkpoints, tiny_model, tiny_dataset, tmp_path):
@@ -98,6 +101,8 @@ def test_resuming_a_different_run_is_refused(change, message, run_with_checkpoin
     if change[1] == "BUNDLED":
         dataset = None
     flags = ["--strategy", change[1]] if change[0] == "--strategy" else ["--strategy", "lpft"]
+    if change[1] not in ("COPY", "BUNDLED") and change[0] != "--strategy":
+        flags += change
     before = _listing(run_with_checkpoints)
     with pytest.raises(MedftError, match=message):
         train(model, dataset, run_with_checkpoints / "again", *flags, "--resume_from_checkpoint", str(checkpoint))

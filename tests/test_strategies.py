@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 import pytest
 import torch
+import transformers
 from conftest import make_trainer
+from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
+from medft_hf.errors import MedftError
+from medft_hf.modeling import BlockLayout
 from medft_hf.rng import derived_seed, isolated_rng
-from medft_hf.strategies import STRATEGIES
+from medft_hf.strategies import STRATEGIES, build_strategy, coinciding_strategies
 
 
 def changed(before: dict, after: dict, names) -> dict[str, bool]:
@@ -62,9 +69,9 @@ def test_lpft_freezes_the_backbone_only_during_the_lp_phase(tiny_model, tiny_dat
         assert all(changed(snaps.states[epoch], snaps.states[epoch + 1], backbone).values())
 
 
-def test_lpft_default_lp_share_is_a_quarter(tiny_model, tiny_dataset, tmp_path):
+def test_lpft_default_lp_share_is_a_quarter_rounded_down(tiny_model, tiny_dataset, tmp_path):
     trainer, _ = make_trainer("lpft", tiny_model, tiny_dataset, tmp_path)
-    for epochs, expected in [(1, 1), (4, 1), (8, 2), (10, 2), (20, 5)]:
+    for epochs, expected in [(2, 1), (4, 1), (6, 1), (7, 1), (8, 2), (10, 2), (11, 2), (20, 5)]:
         trainer.strategy.num_epochs = epochs
         assert trainer.strategy.lp_epochs() == expected
 
@@ -128,7 +135,7 @@ def test_sp_penalty_and_gradient_match_an_independent_computation(strategy, p, t
             expected += alpha / p * (d.abs() ** p).sum()
             expected_grad[name] = alpha * (d if p == 2 else torch.sign(d))
 
-    trainer.strategy.anchor = [pretrained[name] for name in trainer.strategy.backbone_names]
+    trainer.strategy.anchor = [pretrained[name] for name in trainer.strategy.anchored_names]
     penalty = trainer.strategy.penalty(model)
     torch.testing.assert_close(penalty.double(), expected, rtol=1e-5, atol=0)
     penalty.backward()
@@ -153,7 +160,7 @@ def test_sp_turns_weight_decay_off_for_penalised_tensors(strategy, tiny_model, t
     trainer, _ = make_trainer(strategy, tiny_model, tiny_dataset, tmp_path, weight_decay=0.1)
     optimizer = trainer.create_optimizer()
     decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
-    penalised = set(trainer.strategy.backbone_names) | set(trainer.strategy.head_names)
+    penalised = set(trainer.strategy.anchored_names) | set(trainer.strategy.new_names)
     named = dict(trainer.model.named_parameters())
     assert penalised
     assert all(decay[id(named[name])] == 0 for name in penalised)
@@ -163,12 +170,15 @@ def test_sp_turns_weight_decay_off_for_penalised_tensors(strategy, tiny_model, t
 def test_sp_anchor_is_the_pretrained_weights(tiny_model, tiny_dataset, tmp_path):
     trainer, snaps = make_trainer("l2sp", tiny_model, tiny_dataset, tmp_path, epochs=1)
     trainer.train()
-    for name, anchor in zip(trainer.strategy.backbone_names, trainer.strategy.anchor, strict=True):
+    for name, anchor in zip(trainer.strategy.anchored_names, trainer.strategy.anchor, strict=True):
         assert torch.equal(anchor, snaps.states[0][name])
     assert trainer.strategy.penalty(trainer.model) > 0
 
 
-def test_auto_rgn_rates_are_base_times_rgn_over_max_with_the_scheduler(tiny_model, tiny_dataset, tmp_path):
+@pytest.mark.parametrize(("rgn_head", "rgn_max_over"), [("official", "all"), ("base", "all"), ("base", "weights")])
+def test_auto_rgn_rates_are_base_times_rgn_over_max_with_the_scheduler(
+    rgn_head, rgn_max_over, tiny_model, tiny_dataset, tmp_path
+):
     base_lr = 0.01
     trainer, _ = make_trainer(
         "auto_rgn",
@@ -179,6 +189,8 @@ def test_auto_rgn_rates_are_base_times_rgn_over_max_with_the_scheduler(tiny_mode
         lr_scheduler_type="linear",
         warmup_steps=4,
         rgn_batches=2,
+        rgn_head=rgn_head,
+        rgn_max_over=rgn_max_over,
     )
     model = trainer.model
     trainer.create_optimizer_and_scheduler(num_training_steps=20)
@@ -208,8 +220,15 @@ def test_auto_rgn_rates_are_base_times_rgn_over_max_with_the_scheduler(tiny_mode
             b.copy_(buffers[name])
     zero = {n for n in names if not named[n].any()}
     assert "timm_model.classifier.bias" in zero, "the new head's bias starts at zero"
-    top = max(v for n, v in sums.items() if n not in zero)
-    expected = {n: 1.0 if n in zero else v / top for n, v in sums.items()}
+    head = {"timm_model.classifier.weight", "timm_model.classifier.bias"}
+    at_base = zero | (head if rgn_head == "base" else set())
+    reference = [n for n in names if n not in at_base and (rgn_max_over == "all" or named[n].ndim > 1)]
+    top = max(sums[n] for n in reference)
+    expected = {n: 1.0 if n in at_base else min(1.0, v / top) for n, v in sums.items()}
+    if rgn_head == "official":
+        assert expected["timm_model.classifier.weight"] == 1.0, "with a new head, the head's RGN is the maximum"
+    else:
+        assert max(expected[n] for n in reference) == 1.0, "a pretrained tensor trains at the base rate"
 
     trainer.begin_strategy_epoch(0)
     groups = trainer.optimizer.param_groups
@@ -237,3 +256,120 @@ def test_auto_rgn_trains_and_leaves_batchnorm_parameters_alone(tiny_model, tiny_
     for epoch in strategy.history:
         assert len(epoch["blocks"]) == len(strategy.layout.blocks)
         assert all(0 < value <= 1 for value in [*epoch["blocks"], epoch["head"]])
+
+
+# ---- LP-FT as two optimisations -------------------------------------------------------------------------------
+def test_lpft_fine_tuning_phase_starts_from_fresh_optimizer_state_with_its_own_schedule(
+    tiny_model, tiny_dataset, tmp_path
+):
+    """3 epochs of 3 steps: LP for 1 epoch at 1e-2 (cosine over its 3 steps), then FT at 1e-3 with a 1-step warm-up
+    and a cosine decay over the remaining 6 steps; Adam's moments are empty when the FT phase begins."""
+    trainer, _ = make_trainer(
+        "lpft", tiny_model, tiny_dataset, tmp_path, epochs=3, lp_epochs=1, learning_rate=1e-2,
+        ft_learning_rate=1e-3, ft_warmup_ratio=1 / 6,
+    )  # fmt: skip
+    rates, moments = [], []
+
+    class Probe(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            rates.append(trainer.optimizer.param_groups[0]["lr"])
+            moments.append(sum(len(s) > 0 for s in trainer.optimizer.state.values()))
+
+    trainer.add_callback(Probe())
+    trainer.train()
+    lp = [1e-2 * 0.5 * (1 + math.cos(math.pi * step / 3)) for step in range(3)]
+    ft = [1e-3 * step / 1 if step < 1 else 1e-3 * 0.5 * (1 + math.cos(math.pi * (step - 1) / 5)) for step in range(6)]
+    assert rates == pytest.approx(lp + ft, rel=1e-6, abs=1e-12)
+    head_only = len(trainer.strategy.layout.head)
+    assert moments[1] == head_only, "during LP only the head has Adam state"
+    assert moments[3] == 0, "the FT phase starts with no Adam state at all (the head's moments are dropped too)"
+    assert moments[4] == len(list(trainer.model.parameters())), "then every tensor gets fresh moments"
+
+
+@pytest.mark.parametrize(
+    ("epochs", "flags", "message"),
+    [
+        (1, {}, "lpft needs at least 2 epochs"),
+        (4, {"lp_epochs": 4}, "--lp_epochs 4: must be below --num_train_epochs 4"),
+        (4, {"lp_epochs": 0}, "--lp_epochs 0: must be >= 1"),
+        (4, {"ft_learning_rate": 0.0}, "--ft_learning_rate 0.0: must be > 0"),
+        (4, {"ft_warmup_ratio": 1.0}, "--ft_warmup_ratio 1.0: must be below 1"),
+    ],
+)
+def test_lpft_refuses_settings_that_turn_it_into_something_else(epochs, flags, message, tiny_model):
+    from medft_hf.strategies.lpft import LPFTConfig
+
+    layout = _layout(tiny_model)
+    with pytest.raises(MedftError, match=re.escape(message)):
+        build_strategy("lpft", LPFTConfig(**flags), layout, epochs)
+
+
+# ---- checked flags and schedules that coincide ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("strategy", "flags", "message"),
+    [
+        ("gu_lf", {"unfreeze_every": 0.0}, "--unfreeze_every 0.0: must be > 0"),
+        ("auto_rgn", {"rgn_batches": 0}, "--rgn_batches 0: must be >= 1"),
+        ("auto_rgn", {"rgn_head": "ours"}, "--rgn_head ours: choose one of base, official"),
+        ("l2sp", {"sp_alpha": -1.0, "sp_beta": -0.5}, "--sp_alpha -1.0: must be >= 0; --sp_beta -0.5: must be >= 0"),
+    ],
+)
+def test_out_of_range_strategy_flags_are_refused_naming_each(strategy, flags, message, tiny_model):
+    config_class = STRATEGIES[strategy].config_class
+    with pytest.raises(MedftError, match=re.escape(message)):
+        build_strategy(strategy, config_class(**flags), _layout(tiny_model), 8)
+
+
+def test_coinciding_schedules_are_found_exactly_where_they_coincide(tiny_model):
+    layout = _layout(tiny_model)
+
+    def alike(name: str, epochs: int) -> list[str]:
+        return coinciding_strategies(build_strategy(name, None, layout, epochs))
+
+    assert alike("lp", 1) == ["gu_lf", "gu_fl"]
+    assert alike("gu_lf", 2) == ["gu_fl"]
+    assert alike("gu_fl", 8) == []
+    assert alike("ft", 1) == []
+    assert alike("l2sp", 1) == [], "a penalty makes a strategy different whatever it freezes"
+    assert alike("lpft", 2) == [], "LP-FT restarts its optimisation, which no freezing schedule does"
+
+
+# ---- L2-SP / L1-SP: what is anchored, on which device -----------------------------------------------------------
+def test_sp_anchors_every_pretrained_weight_and_puts_beta_on_the_new_layer_only():
+    """VGG's fc6/fc7 (timm's pre_logits) are pretrained: they get the α pull to w⁰, not the β pull to 0."""
+    with torch.device("meta"):
+        model = TimmWrapperForImageClassification(TimmWrapperConfig(architecture="vgg11", num_labels=3))
+    layout = BlockLayout.from_model(model)
+    strategy = build_strategy("l2sp", None, layout, 4)
+    strategy.setup(model)
+    assert strategy.new_names == ["timm_model.head.fc.weight"]
+    pre_logits = {n for n, p in model.named_parameters() if n.startswith("timm_model.pre_logits.") and p.ndim > 1}
+    assert len(pre_logits) == 2
+    assert pre_logits <= set(layout.head), "fc6/fc7 count as classifier layers (LP trains them) ..."
+    assert pre_logits <= set(strategy.anchored_names), "... but are anchored to their pretrained values"
+    convs = {n for n, p in model.named_parameters() if n.startswith("timm_model.features.") and p.ndim > 1}
+    assert set(strategy.anchored_names) == convs | pre_logits
+
+
+def test_sp_anchor_follows_the_model_to_its_device(tiny_model, tiny_dataset, tmp_path):
+    trainer, _ = make_trainer("l2sp", tiny_model, tiny_dataset, tmp_path)
+    trainer.model.to("meta")  # what Accelerate does on a GPU, FSDP or DeepSpeed after the strategy's setup
+    assert trainer.strategy.penalty(trainer.model).device.type == "meta"
+    assert all(anchor.device.type == "meta" for anchor in trainer.strategy.anchor)
+
+
+def test_auto_rgn_records_every_tensors_factor_each_epoch(tiny_model, tiny_dataset, tmp_path):
+    trainer, _ = make_trainer("auto_rgn", tiny_model, tiny_dataset, tmp_path, epochs=2, rgn_batches=1)
+    trainer.train()
+    state = trainer.strategy.state_dict()
+    assert state["tensors"] == trainer.strategy.names
+    for epoch in state["history"]:
+        factors = dict(zip(state["tensors"], epoch["factors"], strict=True))
+        assert factors["timm_model.classifier.weight"] == 1.0, "the new head trains at the base rate (default)"
+        assert max(factors[n] for n in state["tensors"] if n not in trainer.strategy.layout.new) == 1.0
+
+
+def _layout(model_dir) -> BlockLayout:
+    from medft_hf.modeling import load_model
+
+    return BlockLayout.from_model(load_model(str(model_dir), ["a", "b", "c"]))

@@ -42,6 +42,25 @@ def test_a_grid_with_bad_names_fails_naming_every_one(tmp_path):
         assert name in str(error.value)
 
 
+def test_a_grid_whose_strategies_would_train_identically_is_refused(tiny_model, tmp_path):
+    spec = {"name": "short", "strategies": ["ft", "lp", "gu_lf", "gu_fl", "lpft"],
+            "backbones": [{"name": "tiny", "model": str(tiny_model)}], "datasets": ["breastmnist-local"],
+            "seeds": [0], "training": {"num_train_epochs": 2}}  # fmt: skip
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(MedftError, match="on tiny at 2 epochs, gu_lf and gu_fl train identically"):
+        Grid.from_yaml(path)
+    spec["training"]["num_train_epochs"] = 1
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(MedftError) as error:
+        Grid.from_yaml(path)
+    assert "lp and gu_lf and gu_fl train identically" in str(error.value)
+    assert "lpft on tiny: --strategy lpft needs at least 2 epochs" in str(error.value)
+    spec["training"]["num_train_epochs"] = 3
+    path.write_text(yaml.safe_dump(spec))
+    assert len(Grid.from_yaml(path).cells()) == 5
+
+
 def test_filters_and_sweeps_make_the_expected_cells():
     grid = Grid.from_yaml("cpu")
     cells = grid.cells(parse_filters("strategy=lpft|ft,dataset=breastmnist-local,seed=0"))

@@ -115,6 +115,34 @@ def test_small_images_are_resized_up_to_the_architecture_minimum(tiny_model, tin
     assert results["image_size"] == 32
 
 
+def test_augmentation_is_recorded_and_none_trains_on_the_evaluation_transform(tiny_model, tiny_dataset, tmp_path):
+    results = train(tiny_model, tiny_dataset, tmp_path, "--augmentation", "none", "--num_train_epochs", "1")
+    assert results["augmentation"] == "none"
+    assert json.loads((tmp_path / "results.json").read_text())["augmentation"] == "none"
+
+
+def test_a_warning_names_the_strategies_a_short_schedule_makes_identical(tiny_model, tiny_dataset, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="medft_hf"):
+        train(tiny_model, tiny_dataset, tmp_path / "a", "--strategy", "gu_lf", "--num_train_epochs", "2")
+    assert "At 2 epochs, --strategy gu_lf trains exactly as gu_fl" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medft_hf"):
+        train(tiny_model, tiny_dataset, tmp_path / "b", "--strategy", "gu_lf", "--num_train_epochs", "3")
+    assert "trains exactly as" not in caplog.text
+
+
+def test_torch_compile_runs_l2sp_end_to_end(tiny_model, tiny_dataset, tmp_path):
+    """A compiled model names its parameters `_orig_mod.*`; the strategy must still find and anchor them. The
+    eager backend wraps the model exactly as inductor does, without minutes of C++ compilation on a CPU."""
+    results = train(
+        tiny_model, tiny_dataset, tmp_path, "--strategy", "l2sp", "--torch_compile", "--torch_compile_backend",
+        "eager", "--num_train_epochs", "1",
+    )  # fmt: skip
+    assert np.isfinite(results["history"][0]["train_loss"])
+    reference = train(tiny_model, tiny_dataset, tmp_path / "eager", "--strategy", "l2sp", "--num_train_epochs", "1")
+    assert results["history"][0]["train_loss"] == pytest.approx(reference["history"][0]["train_loss"], rel=1e-4)
+
+
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, env=env)
@@ -134,11 +162,25 @@ def test_help_lists_the_eight_strategies():
         (["--dataset", "/nonexistent/data"], "--dataset /nonexistent/data: not found"),
         (["--model", "/nonexistent/model"], "--model /nonexistent/model: could not be loaded"),
         (["--model", "timm/densenet121.tv_in1k"], "Hub is unreachable and no cached copy exists"),
+        (["--strategy", "l2sp", "--sp_alpha", "-1"], "error: --sp_alpha -1.0: must be >= 0."),
+        (["--strategy", "l1sp", "--sp_beta", "-0.1"], "error: --sp_beta -0.1: must be >= 0."),
+        (["--strategy", "gu_lf", "--unfreeze_every", "0"], "error: --unfreeze_every 0.0: must be > 0."),
+        (["--strategy", "gu_fl", "--unfreeze_every", "-2"], "error: --unfreeze_every -2.0: must be > 0."),
+        (["--strategy", "auto_rgn", "--rgn_batches", "0"], "error: --rgn_batches 0: must be >= 1."),
+        (["--strategy", "auto_rgn", "--rgn_head", "mine"], "argument --rgn_head/--rgn-head: invalid choice: 'mine'"),
+        (["--strategy", "lpft", "--lp_epochs", "2", "--num_train_epochs", "2"], "error: --lp_epochs 2: must be below"),
+        (["--strategy", "lpft", "--lp_epochs", "0"], "error: --lp_epochs 0: must be >= 1."),
+        (["--strategy", "lpft", "--num_train_epochs", "1"], "error: --strategy lpft needs at least 2 epochs"),
+        (["--strategy", "lpft", "--ft_learning_rate=-1e-4"], "error: --ft_learning_rate -0.0001: must be > 0."),
+        (["--augmentation", "heavy"], "argument --augmentation: invalid choice: 'heavy'"),
+        (["--learning_rate", "-1"], "error: --learning_rate -1.0: must be > 0."),
+        (["--per_device_train_batch_size", "0"], "error: --per_device_train_batch_size 0: must be >= 1."),
+        (["--num_train_epochs", "0"], "error: --num_train_epochs 0.0: must be > 0."),
     ],
 )
 def test_bad_input_fails_with_one_clear_message(args, message, tmp_path, tiny_model):
     result = _cli("--output_dir", str(tmp_path / "out"), "--model", str(tiny_model), *args)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists(), "nothing is written"

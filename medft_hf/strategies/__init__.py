@@ -6,7 +6,15 @@ dataclass if it has flags), import it here, and add `hub_configs/strategies/<nam
 
 # Registration order is the paper's order, which `--help` and the study follow.
 from . import ft, lp, lpft, gradual_unfreezing, sp, auto_rgn  # noqa: I001
-from .base import STRATEGIES, Strategy, StrategyConfig, build_strategy, register_strategy
+from .base import (
+    STRATEGIES,
+    Phase,
+    Strategy,
+    StrategyConfig,
+    build_strategy,
+    coinciding_strategies,
+    register_strategy,
+)
 
 
 def strategy_config_classes() -> list[type[StrategyConfig]]:
@@ -18,10 +26,12 @@ def strategy_config_classes() -> list[type[StrategyConfig]]:
 
 __all__ = [
     "STRATEGIES",
+    "Phase",
     "Strategy",
     "StrategyConfig",
     "auto_rgn",
     "build_strategy",
+    "coinciding_strategies",
     "ft",
     "gradual_unfreezing",
     "lp",

@@ -9,10 +9,17 @@ start afresh each epoch (the official code builds a new Adam). Unlike it, the fa
 scheduled rate (warm-up and decay still apply), measuring leaves BatchNorm running statistics untouched, and a
 tensor that is all zeros (the new head's bias) has no relative norm: it trains at the full rate instead of
 dividing by zero (which in the official code turns every other factor into 0).
+
+Lee et al. apply Auto-RGN to a network whose head already exists. In transfer learning the head is new and
+small, so its RGN dwarfs every pretrained tensor's and the maximum hands the backbone a few percent of the rate.
+`--rgn_head base` (the default, chosen on validation: docs/results/auto-rgn-ablation.md) trains the new head at
+the base rate and takes the maximum over the pretrained tensors only; `--rgn_head official` measures the head
+like every other tensor. `--rgn_max_over weights` lets only tensors of two or more dimensions (kernels,
+matrices) set the maximum; a bias or other 1-D tensor above it is capped at the base rate.
 """
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from timm.optim import param_groups_weight_decay
@@ -27,6 +34,22 @@ class AutoRGNConfig(StrategyConfig):
         default=None,
         metadata={"help": "auto_rgn: training batches the relative gradient norms are averaged over."},
     )
+    rgn_head: str | None = field(
+        default=None,
+        metadata={
+            "help": "auto_rgn: 'base' trains the new head at the base rate and normalises by the largest RGN of "
+            "the pretrained tensors; 'official' measures the head like any tensor (Lee et al.'s code).",
+            "choices": ["base", "official"],
+        },
+    )
+    rgn_max_over: str | None = field(
+        default=None,
+        metadata={
+            "help": "auto_rgn: the tensors whose largest RGN is the reference: 'all' or 'weights' (2-D and up).",
+            "choices": ["all", "weights"],
+        },
+    )
+    bounds: ClassVar[dict[str, tuple[str, float]]] = {"rgn_batches": (">=", 1)}
 
 
 @register_strategy
@@ -44,9 +67,18 @@ class AutoRGN(Strategy):
             if isinstance(module, nn.modules.batchnorm._BatchNorm)
             for name, _ in module.named_parameters(recurse=False)
         }
-        self.names = [name for name, _ in model.named_parameters() if name not in norm_parameters]
-        # Per epoch, the mean factor of each block (stem first) and of the head: which layers it chose to train.
-        self.history: list[dict[str, list[float] | float]] = []
+        parameters = dict(model.named_parameters())
+        self.names = [name for name in parameters if name not in norm_parameters]
+        new = set(self.layout.new)
+        self.at_base_rate = {name for name in self.names if name in new} if self.config.rgn_head == "base" else set()
+        self.reference = [
+            name
+            for name in self.names
+            if name not in self.at_base_rate and (self.config.rgn_max_over == "all" or parameters[name].ndim > 1)
+        ]
+        # Per epoch: every tensor's factor (in `names` order), and the mean factor of each block (stem first) and
+        # of the head, which is what the factor figure draws.
+        self.history: list[dict[str, Any]] = []
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         """One group per tensor (each gets its own rate); BatchNorm is left out, so it never updates."""
@@ -57,12 +89,16 @@ class AutoRGN(Strategy):
 
     def lr_scales(self, model: nn.Module, epoch: int, batches: BatchSource) -> list[float]:
         rgn = self.relative_gradient_norms(model, batches)
-        largest = max(value for value in rgn.values() if value == value)
-        scales = {name: value / largest if value == value else 1.0 for name, value in rgn.items()}
+        largest = max((rgn[name] for name in self.reference if rgn[name] == rgn[name]), default=0.0)
+        scales = {
+            name: 1.0 if name in self.at_base_rate or value != value or largest == 0 else min(1.0, value / largest)
+            for name, value in rgn.items()
+        }
         self.history.append(
             {
                 "blocks": [_mean(scales, block) for block in self.layout.blocks],
                 "head": _mean(scales, self.layout.head),
+                "factors": [scales[name] for name in self.names],
             }
         )
         return [scales[name] for name in self.names]
@@ -91,7 +127,7 @@ class AutoRGN(Strategy):
         return dict(zip(self.names, rgn.tolist(), strict=True))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        return {"tensors": self.names, "history": self.history}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = state["history"]

@@ -1,9 +1,11 @@
 """What a fine-tuning strategy is: a small config dataclass plus the hooks the trainer calls.
 
-The trainer calls, in this order: `setup` once on the freshly loaded pretrained model, `param_groups` to
-build the optimizer, `begin_epoch` and `lr_scales` at every epoch boundary (after setting `num_epochs`),
-`prepare_forward` before every training forward, and `penalty` to add to every training loss.
-A strategy overrides only what it changes; the defaults are full fine-tuning.
+The trainer calls, in this order: `check` with the run's epoch count before anything is written, `setup` once on
+the freshly loaded pretrained model, `param_groups` to build the optimizer, `phases` to build the learning-rate
+schedule, `begin_epoch` and `lr_scales` at every epoch boundary, `prepare_forward` before every training forward,
+and `penalty` to add to every training loss. Hooks receive the bare model (never a compiled or DDP wrapper), so
+parameter names are those of `BlockLayout`. A strategy overrides only what it changes; the defaults are full
+fine-tuning.
 """
 
 from __future__ import annotations
@@ -26,7 +28,29 @@ BatchSource = Callable[[int], Iterable[dict[str, torch.Tensor]]]
 
 @dataclass
 class StrategyConfig:
-    """Flags shared by no strategy. Subclasses add theirs; a field left at None takes the YAML default."""
+    """Flags shared by no strategy. Subclasses add theirs; a field left at None takes the YAML default.
+
+    `bounds` maps a flag to its lower limit, (">", x) or (">=", x); `check` enforces them and any `choices`.
+    """
+
+    bounds: ClassVar[dict[str, tuple[str, float]]] = {}
+
+    def check(self) -> None:
+        """Refuse out-of-range values, naming every bad flag at once (argparse checks `choices` on the command
+        line, but a config built in Python or from a grid file is never parsed)."""
+        problems = []
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if value is None:
+                continue
+            relation, limit = self.bounds.get(spec.name, (None, None))
+            if (relation == ">" and not value > limit) or (relation == ">=" and not value >= limit):
+                problems.append(f"--{spec.name} {value}: must be {relation} {limit:g}")
+            choices = spec.metadata.get("choices")
+            if choices is not None and value not in choices:
+                problems.append(f"--{spec.name} {value}: choose one of {', '.join(map(str, choices))}")
+        if problems:
+            raise MedftError("; ".join(problems) + ".")
 
     def resolved(self, strategy_name: str) -> StrategyConfig:
         """This config with every None replaced by `hub_configs/strategies/<name>.yaml`."""
@@ -45,6 +69,18 @@ def strategy_defaults(name: str) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()).get("defaults") or {}
 
 
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of training with its own optimisation: at `start_epoch` the optimizer's moments start afresh
+    and the learning-rate schedule (warm-up, decay) restarts over the phase's epochs, peaking at `learning_rate`
+    (None: the run's --learning_rate × `lr_scale`) after `warmup_ratio` of the phase (None: the run's warm-up)."""
+
+    start_epoch: int
+    learning_rate: float | None = None
+    lr_scale: float = 1.0
+    warmup_ratio: float | None = None
+
+
 class Strategy:
     """Full fine-tuning: every parameter trains from step 0 (the base every other strategy extends)."""
 
@@ -56,6 +92,9 @@ class Strategy:
     changes_trainable_set: ClassVar[bool] = False
     # True when the optimizer's moments must start afresh at every epoch boundary.
     resets_optimizer_state: ClassVar[bool] = False
+    # True when freezing blocks is all the strategy does: two such strategies that freeze the same blocks in
+    # every epoch train identically (see `coinciding_strategies`).
+    only_freezes: ClassVar[bool] = False
 
     def __init__(self, config: StrategyConfig, layout: BlockLayout):
         self.config = config
@@ -64,6 +103,14 @@ class Strategy:
         self._frozen_norms: list[nn.Module] = []
 
     # ---- hooks a strategy may override -------------------------------------------------------------
+    def check(self, num_epochs: int) -> None:
+        """Refuse settings that cannot work for a run of `num_epochs` epochs (MedftError names the flag)."""
+        self.config.check()
+
+    def phases(self) -> list[Phase]:
+        """The optimisation phases; one by default (one optimizer state and one schedule for the whole run)."""
+        return [Phase(0)]
+
     def setup(self, model: nn.Module) -> None:
         """Called once on the pretrained model, before any training step or checkpoint is loaded."""
 
@@ -90,6 +137,12 @@ class Strategy:
         pass
 
     # ---- mechanics shared by every strategy ----------------------------------------------------------
+    def schedule_signature(self) -> tuple[tuple[int, ...], ...] | None:
+        """The blocks frozen in each epoch, for a strategy that does nothing else; None otherwise."""
+        if not self.only_freezes:
+            return None
+        return tuple(tuple(sorted(self.frozen_blocks(epoch))) for epoch in range(self.num_epochs))
+
     def begin_epoch(self, model: nn.Module, epoch: int) -> None:
         """Freeze exactly `frozen_blocks(epoch)`; unfreeze everything else."""
         frozen = {name for index in self.frozen_blocks(epoch) for name in self.layout.blocks[index]}
@@ -111,14 +164,36 @@ STRATEGIES: dict[str, type[Strategy]] = {}
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
+    if cls.name in STRATEGIES:
+        raise ValueError(f"strategy {cls.name!r} is already registered (by {STRATEGIES[cls.name].__qualname__}).")
     STRATEGIES[cls.name] = cls
     return cls
 
 
-def build_strategy(name: str, config: StrategyConfig, layout: BlockLayout) -> Strategy:
+def build_strategy(name: str, config: StrategyConfig | None, layout: BlockLayout, num_epochs: int = 1) -> Strategy:
+    """The strategy `name` with `config` (None: its defaults), checked for a run of `num_epochs` epochs."""
     if name not in STRATEGIES:
         raise MedftError(f"--strategy {name}: unknown. Choose one of: {', '.join(STRATEGIES)}.")
     cls = STRATEGIES[name]
+    config = cls.config_class() if config is None else config
     if not isinstance(config, cls.config_class):
         raise MedftError(f"--strategy {name} takes a {cls.config_class.__name__}, got {type(config).__name__}.")
-    return cls(config.resolved(name), layout)
+    strategy = cls(config.resolved(name), layout)
+    strategy.num_epochs = num_epochs
+    strategy.check(num_epochs)
+    return strategy
+
+
+def coinciding_strategies(strategy: Strategy) -> list[str]:
+    """The other registered strategies, at their defaults, that would train exactly as `strategy` over its
+    `num_epochs` (the same blocks frozen in every epoch and nothing else), e.g. gu_lf and gu_fl at 2 epochs."""
+    signature = strategy.schedule_signature()
+    if signature is None:
+        return []
+    return [
+        name
+        for name, cls in STRATEGIES.items()
+        if name != strategy.name
+        and cls.only_freezes
+        and build_strategy(name, None, strategy.layout, strategy.num_epochs).schedule_signature() == signature
+    ]

@@ -10,3 +10,4 @@ class FullFineTuning(Strategy):
     name = "ft"
     summary = "full fine-tuning: every layer trains from the first step"
     reference = "Davila et al. 2024, arXiv 2406.10050 (baseline)"
+    only_freezes = True

@@ -21,6 +21,7 @@ class GradualUnfreezingConfig(StrategyConfig):
             "block is unfrozen by mid-training)."
         },
     )
+    bounds: ClassVar[dict[str, tuple[str, float]]] = {"unfreeze_every": (">", 0)}
 
 
 class GradualUnfreezing(Strategy):
@@ -28,6 +29,7 @@ class GradualUnfreezing(Strategy):
 
     config_class = GradualUnfreezingConfig
     changes_trainable_set = True
+    only_freezes = True
     deepest_first: ClassVar[bool]
 
     def order(self) -> list[int]:

@@ -13,6 +13,7 @@ class LinearProbing(Strategy):
     summary = "linear probing: only the classifier layers train; the backbone and its BatchNorm stay fixed"
     reference = "Kumar et al. 2022, 'Fine-Tuning can Distort Pretrained Features', ICLR (as the LP baseline)"
     changes_trainable_set = True
+    only_freezes = True
 
     def frozen_blocks(self, epoch: int) -> Sequence[int]:
         return range(len(self.layout.blocks))

@@ -1,9 +1,10 @@
 """`l2sp` / `l1sp`: regularise towards the pretrained starting point (Li et al. 2018, "Explicit Inductive Bias
 for Transfer Learning with Convolutional Networks", ICML).
 
-loss + α/2·‖w − w⁰‖² (L2-SP) or α·‖w − w⁰‖₁ (L1-SP) over the backbone's conv/linear weights, w⁰ the pretrained
-weights, + β/2·‖w_head‖² on the new classifier. Weight decay is off for the penalised tensors: the penalty
-replaces it, pulling towards w⁰ instead of towards 0.
+loss + α/2·‖w − w⁰‖² (L2-SP) or α·‖w − w⁰‖₁ (L1-SP) over every pretrained conv/linear weight (the backbone, and
+pretrained classifier layers such as VGG's fc6/fc7), w⁰ the pretrained weights, + β/2·‖w_new‖² on the new
+classifier only, as in Li et al. Weight decay is off for the penalised tensors: the penalty replaces it, pulling
+towards w⁰ instead of towards 0.
 """
 
 from dataclasses import dataclass, field
@@ -23,8 +24,9 @@ class StartingPointConfig(StrategyConfig):
     )
     sp_beta: float | None = field(
         default=None,
-        metadata={"help": "l2sp/l1sp: β, the weight of the L2 penalty on the classifier weights."},
+        metadata={"help": "l2sp/l1sp: β, the weight of the L2 penalty on the new classifier's weights."},
     )
+    bounds: ClassVar[dict[str, tuple[str, float]]] = {"sp_alpha": (">=", 0), "sp_beta": (">=", 0)}
 
 
 class StartingPointRegularization(Strategy):
@@ -35,32 +37,32 @@ class StartingPointRegularization(Strategy):
 
     def setup(self, model: nn.Module) -> None:
         parameters = dict(model.named_parameters())
-        self.backbone_names = [name for name in self.layout.backbone if parameters[name].ndim > 1]
-        self.head_names = [name for name in self.layout.head if parameters[name].ndim > 1]
+        self.anchored_names = [name for name in self.layout.pretrained if parameters[name].ndim > 1]
+        self.new_names = [name for name in self.layout.new if parameters[name].ndim > 1]
         # w⁰: a copy taken before any step, so a resumed run still anchors to the pretrained weights.
-        self.anchor = [parameters[name].detach().clone() for name in self.backbone_names]
+        self.anchor = [parameters[name].detach().clone() for name in self.anchored_names]
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-        penalised = set(self.backbone_names) | set(self.head_names)
+        penalised = set(self.anchored_names) | set(self.new_names)
         return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=penalised)
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         parameters = dict(model.named_parameters())
+        anchored = [parameters[name] for name in self.anchored_names]
+        if self.anchor[0].device != anchored[0].device:
+            # Accelerate (or FSDP, DeepSpeed) moved the model after setup: the anchor follows it, once.
+            self.anchor = [a.to(p.device) for a, p in zip(self.anchor, anchored, strict=True)]
         alpha, beta = self.config.sp_alpha, self.config.sp_beta
-        distance = torch.stack(
-            [
-                (parameters[name] - anchor).abs().pow(self.p).sum()
-                for name, anchor in zip(self.backbone_names, self.anchor, strict=True)
-            ]
-        ).sum()
-        head = torch.stack([parameters[name].pow(2).sum() for name in self.head_names]).sum()
-        return (alpha / self.p) * distance + (beta / 2) * head
+        # One fused op per step over all tensors, not a Python loop of small ops per tensor.
+        distance = torch.stack(torch._foreach_norm(torch._foreach_sub(anchored, self.anchor), self.p)).pow(self.p).sum()
+        new = torch.stack(torch._foreach_norm([parameters[name] for name in self.new_names], 2)).pow(2).sum()
+        return (alpha / self.p) * distance + (beta / 2) * new
 
 
 @register_strategy
 class L1SP(StartingPointRegularization):
     name = "l1sp"
-    summary = "L1-SP: loss + α·‖w − w⁰‖₁ on the backbone + β/2·‖w_head‖² (--sp_alpha, --sp_beta)"
+    summary = "L1-SP: loss + α·‖w − w⁰‖₁ on pretrained weights + β/2·‖w_new‖² (--sp_alpha, --sp_beta)"
     reference = "Li, Grandvalet & Davoine 2018, 'Explicit Inductive Bias for Transfer Learning with CNNs', ICML"
     p = 1
 
@@ -68,6 +70,6 @@ class L1SP(StartingPointRegularization):
 @register_strategy
 class L2SP(StartingPointRegularization):
     name = "l2sp"
-    summary = "L2-SP: loss + α/2·‖w − w⁰‖² on the backbone + β/2·‖w_head‖² (--sp_alpha, --sp_beta)"
+    summary = "L2-SP: loss + α/2·‖w − w⁰‖² on pretrained weights + β/2·‖w_new‖² (--sp_alpha, --sp_beta)"
     reference = "Li, Grandvalet & Davoine 2018, 'Explicit Inductive Bias for Transfer Learning with CNNs', ICML"
     p = 2

@@ -1,0 +1,112 @@
+"""The tables behind the validation-chosen defaults (docs/results/defaults/README.md), from a folder of runs of
+`hub_configs/benchmarks/defaults.yaml`.
+
+    python scripts/defaults_report.py docs/results/defaults/runs
+
+For each ablation (Auto-RGN's head rule and reference tensors, LP-FT's fine-tuning rate, the augmentation of FT),
+every variant's validation and test balanced accuracy per dataset (mean ± std over seeds, n), and the variant chosen:
+the highest validation score averaged over datasets, on the seeds every variant has. Then the strategies at their
+chosen defaults side by side on test, with whether each is below LP and FT beyond the seed spread (its mean + std
+under their mean − std).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pandas as pd
+
+from medft_hf.report import collect
+
+METRIC = "balanced_accuracy"
+ABLATIONS = {
+    "auto_rgn": ["rgn_head", "rgn_max_over"],
+    "lpft": ["ft_learning_rate"],
+    "ft": ["augmentation"],
+}
+
+
+def load(root: str) -> pd.DataFrame:
+    runs, _ = collect(root)
+    configs = runs["strategy_config"].map(json.loads)
+    for key in {key for keys in ABLATIONS.values() for key in keys} - {"augmentation"}:
+        runs[key] = configs.map(lambda config, key=key: config.get(key))
+    return runs
+
+
+def cell(values: pd.Series) -> str:
+    std = values.std() if len(values) > 1 else 0.0
+    return f"{values.mean():.3f} ± {std:.3f} ({len(values)})"
+
+
+def ablation(runs: pd.DataFrame, strategy: str, keys: list[str]) -> tuple[str, dict]:
+    rows = runs[runs["strategy"] == strategy]
+    variants = rows.groupby(keys, dropna=False)
+    shared_seeds = set.intersection(*(set(group["seed"]) for _, group in variants))
+    datasets = sorted(rows["dataset"].unique())
+    lines = [
+        f"| {' / '.join(keys)} | "
+        + " | ".join(f"{d}: validation | {d}: test" for d in datasets)
+        + f" | validation, mean over datasets (seeds {sorted(shared_seeds)}) |",
+        "|---|" + "---|---|" * len(datasets) + "---|",
+    ]
+    scores = {}
+    for variant, group in variants:
+        variant = variant if isinstance(variant, tuple) else (variant,)
+        cells = []
+        for dataset in datasets:
+            on = group[group["dataset"] == dataset]
+            cells += [cell(on[f"validation_{METRIC}"]), cell(on[f"test_{METRIC}"])]
+        shared = group[group["seed"].isin(shared_seeds)]
+        scores[variant] = shared.groupby("dataset")[f"validation_{METRIC}"].mean().mean()
+        lines.append(f"| {' / '.join(map(str, variant))} | " + " | ".join(cells) + f" | {scores[variant]:.4f} |")
+    chosen = max(scores, key=scores.get)
+    lines.append("")
+    lines.append(f"Chosen on validation: **{' / '.join(map(str, chosen))}**.")
+    return "\n".join(lines), dict(zip(keys, chosen, strict=True))
+
+
+def comparison(runs: pd.DataFrame, chosen: dict[str, dict]) -> str:
+    picked = {"lp": runs[runs["strategy"] == "lp"]}
+    for strategy, setting in chosen.items():
+        rows = runs[runs["strategy"] == strategy]
+        for key, value in setting.items():
+            rows = rows[rows[key] == value]
+        picked[strategy] = rows
+    order = ["ft", "lp", "lpft", "auto_rgn"]
+    datasets = sorted(runs["dataset"].unique())
+    lines = [
+        "| dataset | " + " | ".join(order) + " | auto_rgn below LP and FT beyond the spread? | lpft below FT? |",
+        "|---|" + "---|" * len(order) + "---|---|",
+    ]
+    for dataset in datasets:
+        test = {name: picked[name][picked[name]["dataset"] == dataset][f"test_{METRIC}"] for name in order}
+        stats = {name: (values.mean(), values.std() if len(values) > 1 else 0.0) for name, values in test.items()}
+
+        lines.append(
+            f"| {dataset} | "
+            + " | ".join(cell(test[name]) for name in order)
+            + f" | {_below(stats, 'auto_rgn', ['lp', 'ft'])} | {_below(stats, 'lpft', ['ft'])} |"
+        )
+    return "\n".join(lines)
+
+
+def _below(stats: dict[str, tuple[float, float]], name: str, others: list[str]) -> str:
+    """'yes' when `name`'s mean + std is under every other's mean − std: below beyond the seed spread."""
+    mean, std = stats[name]
+    return "yes" if all(mean + std < stats[o][0] - stats[o][1] for o in others) else "no"
+
+
+def main(root: str) -> None:
+    runs = load(root)
+    chosen = {}
+    for strategy, keys in ABLATIONS.items():
+        text, chosen[strategy] = ablation(runs, strategy, keys)
+        print(f"### {strategy}: {', '.join(keys)}\n\n{text}\n")
+    print(f"### The strategies at the chosen defaults (test {METRIC}, mean ± std over seeds, n)\n")
+    print(comparison(runs, chosen))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
