@@ -2,6 +2,7 @@
 `hub_configs/benchmarks/defaults.yaml`.
 
     python scripts/defaults_report.py docs/results/defaults/runs
+    python scripts/defaults_report.py runs/defaults --choose lpft    # print only LP-FT's chosen rate
 
 For each ablation (Auto-RGN's head rule and reference tensors, LP-FT's fine-tuning rate, the augmentation of FT),
 every variant's validation and test balanced accuracy per dataset (mean ± std over seeds, n), and the variant chosen:
@@ -12,8 +13,9 @@ under their mean − std).
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -21,7 +23,7 @@ from medft_hf.report import collect
 
 METRIC = "balanced_accuracy"
 ABLATIONS = {
-    "auto_rgn": ["rgn_head", "rgn_max_over"],
+    "auto_rgn": ["rgn_head"],
     "lpft": ["ft_learning_rate"],
     "ft": ["augmentation"],
 }
@@ -74,7 +76,7 @@ def comparison(runs: pd.DataFrame, chosen: dict[str, dict]) -> str:
         for key, value in setting.items():
             rows = rows[rows[key] == value]
         picked[strategy] = rows
-    order = ["ft", "lp", "lpft", "auto_rgn"]
+    order = [name for name in ("ft", "lp", "lpft", "auto_rgn") if name in picked]
     datasets = sorted(runs["dataset"].unique())
     lines = [
         "| dataset | " + " | ".join(order) + " | auto_rgn below LP and FT beyond the spread? | lpft below FT? |",
@@ -87,9 +89,35 @@ def comparison(runs: pd.DataFrame, chosen: dict[str, dict]) -> str:
         lines.append(
             f"| {dataset} | "
             + " | ".join(cell(test[name]) for name in order)
-            + f" | {_below(stats, 'auto_rgn', ['lp', 'ft'])} | {_below(stats, 'lpft', ['ft'])} |"
+            + f" | {_below(stats, 'auto_rgn', ['lp', 'ft']) if 'auto_rgn' in stats else '–'} | "
+            + f"{_below(stats, 'lpft', ['ft']) if 'lpft' in stats else '–'} |"
         )
     return "\n".join(lines)
+
+
+def factor_figure(runs: pd.DataFrame, root: str, path: str) -> None:
+    """Auto-RGN's mean rate factor of the backbone's blocks and of the head, per epoch, under each head rule (seed 0,
+    every dataset): with the official rule the backbone gets a few percent of the rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = runs[(runs["strategy"] == "auto_rgn") & (runs["seed"] == 0)]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, (rule, group) in zip(axes, rows.groupby("rgn_head"), strict=False):
+        for row in group.itertuples():
+            history = json.loads((Path(root) / row.run / "results.json").read_text())["strategy_state"]["history"]
+            epochs = range(1, len(history) + 1)
+            backbone = [sum(epoch["blocks"]) / len(epoch["blocks"]) for epoch in history]
+            line = ax.plot(epochs, backbone, marker="o", label=f"{row.dataset}: backbone blocks")[0]
+            ax.plot(epochs, [epoch["head"] for epoch in history], linestyle="--", color=line.get_color())
+        ax.set(title=f"--rgn_head {rule} (dashed: head)", xlabel="epoch", yscale="log", ylim=(1e-3, 1.5))
+    axes[0].set_ylabel("mean rate factor (× base rate)")
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _below(stats: dict[str, tuple[float, float]], name: str, others: list[str]) -> str:
@@ -98,15 +126,27 @@ def _below(stats: dict[str, tuple[float, float]], name: str, others: list[str]) 
     return "yes" if all(mean + std < stats[o][0] - stats[o][1] for o in others) else "no"
 
 
-def main(root: str) -> None:
-    runs = load(root)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", help="a folder of runs of hub_configs/benchmarks/defaults.yaml")
+    parser.add_argument("--choose", choices=list(ABLATIONS), help="print only this strategy's chosen setting")
+    parser.add_argument("--figure", help="also draw Auto-RGN's rate factors per head rule into this PNG")
+    args = parser.parse_args(argv)
+    runs = load(args.runs)
+    if args.choose:
+        print(*ablation(runs, args.choose, ABLATIONS[args.choose])[1].values())
+        return
     chosen = {}
     for strategy, keys in ABLATIONS.items():
+        if strategy not in set(runs["strategy"]):
+            continue
         text, chosen[strategy] = ablation(runs, strategy, keys)
         print(f"### {strategy}: {', '.join(keys)}\n\n{text}\n")
     print(f"### The strategies at the chosen defaults (test {METRIC}, mean ± std over seeds, n)\n")
     print(comparison(runs, chosen))
+    if args.figure:
+        factor_figure(runs, args.runs, args.figure)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()
