@@ -1,4 +1,5 @@
-"""The figures of one run (training curves, confusion matrix), written beside its results.json."""
+"""The figures of one run (training curves, confusion matrix, reliability diagram), written beside its
+results.json."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 
 
 def run_figures(results: dict[str, Any], folder: str | Path) -> list[str]:
-    """Write `training_curves.png` and `confusion_matrix.png`; returns their file names."""
+    """Write `training_curves.png`, `confusion_matrix.png` and `reliability_diagram.png`; returns their names."""
     folder = Path(folder)
     history = results["history"]
     epochs = [row["epoch"] for row in history]
@@ -43,4 +44,18 @@ def run_figures(results: dict[str, Any], folder: str | Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(folder / "confusion_matrix.png", dpi=110)
     plt.close(fig)
-    return ["training_curves.png", "confusion_matrix.png"]
+
+    metrics = results[split]
+    bins = metrics["reliability"]
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
+    ax.plot(bins["confidence"], bins["accuracy"], marker="o", label="this model")
+    for confidence, accuracy, count in zip(bins["confidence"], bins["accuracy"], bins["count"], strict=True):
+        ax.annotate(str(count), (confidence, accuracy), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set(xlabel="confidence (top class probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title=f"reliability ({split}): ECE {metrics['ece']:.3f}, Brier {metrics['brier']:.3f}")  # fmt: skip
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "reliability_diagram.png", dpi=110)
+    plt.close(fig)
+    return ["training_curves.png", "confusion_matrix.png", "reliability_diagram.png"]

@@ -8,13 +8,24 @@ push later.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub import (
+    CommitOperationAdd,
+    DatasetCard,
+    DatasetCardData,
+    EvalResult,
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    get_token,
+)
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import httpx, validate_repo_id  # httpx: the HTTP library the client uses
 
@@ -59,17 +70,45 @@ def is_hub_id(name: str | None) -> bool:
     return True
 
 
-def model_card(results: dict[str, Any], repo_id: str, license: str = "other") -> ModelCard:
-    """The card of a fine-tuned model: metadata the Hub indexes (model-index = results.json's test metrics)
+def hub_name(name: str | None, hub_id: str | None) -> str | None:
+    """What the Hub should see for a model or dataset: its Hub id (given, or the name itself when it is one),
+    else only the folder's name, never a local path."""
+    if hub_id:
+        return hub_id
+    if name is None or is_hub_id(name):
+        return name
+    return Path(name).name
+
+
+def publishable(results: dict[str, Any]) -> dict[str, Any]:
+    """results.json as it is pushed: Hub ids or bare names instead of local paths."""
+    checkpoint = results.get("best_checkpoint")
+    return {
+        **results,
+        "model": hub_name(results["model"], results.get("base_model_id")),
+        "dataset": hub_name(results["dataset"], results.get("dataset_id")),
+        "best_checkpoint": Path(checkpoint).name if checkpoint else None,
+    }
+
+
+def model_card(results: dict[str, Any], repo_id: str, license: str | None = None) -> ModelCard:
+    """The card of a fine-tuned model: metadata the Hub indexes (model-index = results.json's finite test metrics)
     and a body saying what it is, how it was trained, how to load it and what it is not for."""
     strategy = STRATEGIES[results["strategy"]]
     split = "test" if results.get("test") else "validation"
     metrics = results[split]
+    results = publishable(results)
     dataset_name = results["dataset"]
+    base_model = results["model"] if is_hub_id(results["model"]) else None
+    license = license or results.get("base_model_license") or "other"
+    finite = [m for m in METRIC_NAMES if isinstance(metrics.get(m), float) and math.isfinite(metrics[m])]
+    missing = [METRIC_NAMES[m] for m in METRIC_NAMES if m not in finite]
     data = ModelCardData(
-        base_model=results["model"] if is_hub_id(results["model"]) else None,
+        base_model=base_model,
         datasets=[dataset_name] if is_hub_id(dataset_name) else None,
         license=license,
+        license_name="see-base-model-and-dataset" if license == "other" else None,
+        license_link=f"https://huggingface.co/{base_model}" if license == "other" and base_model else None,
         library_name="timm",
         pipeline_tag="image-classification",
         tags=["medical-imaging", *filter(None, [results.get("modality")]), results["strategy"], PROJECT],
@@ -85,9 +124,13 @@ def model_card(results: dict[str, Any], repo_id: str, license: str = "other") ->
                 metric_name=METRIC_NAMES[metric],
                 metric_value=metrics[metric],
             )
-            for metric in METRIC_NAMES
+            for metric in finite
         ],
     )
+    not_finite = (
+        f"\n{', '.join(missing)}: not defined on this split (e.g. a class is absent), so left out.\n" if missing else ""
+    )
+    clinical = _clinical_rows(metrics, results)
     per_class = metrics["per_class"]
     class_rows = "\n".join(
         f"| {name} | {per_class['precision'][i]:.3f} | {per_class['recall'][i]:.3f} | {per_class['f1'][i]:.3f} "
@@ -108,7 +151,8 @@ arXiv 2406.10050.
 
 | metric | value |
 |---|---|
-{chr(10).join(f"| {METRIC_NAMES[m]} | {metrics[m]:.4f} |" for m in METRIC_NAMES)}
+{chr(10).join(f"| {METRIC_NAMES[m]} | {metrics[m]:.4f}{_interval(metrics, m)} |" for m in finite)}
+{clinical}{not_finite}
 
 | class | precision | recall | F1 | support |
 |---|---|---|---|---|
@@ -120,7 +164,7 @@ evaluated once. Figures: `training_curves.png`, `confusion_matrix.png`; everythi
 ## Training set-up
 
 - Backbone: `{results["model"]}` ({results["architecture"]}), ImageNet-pretrained, new classification head.
-- Strategy settings: `{json.dumps(results["strategy_config"])}`.
+- Strategy settings: `{json.dumps({k: v for k, v in results["strategy_config"].items() if v is not None})}`.
 - Training augmentation: `{results.get("augmentation", "rrc")}` (see the medft-hf README).
 - Image size {results["image_size"]} px, {results["num_train_epochs"]:g} epochs, learning rate
   {results["learning_rate"]:g}, seed {results["seed"]}, mixed precision: {results["mixed_precision"]}.
@@ -155,6 +199,32 @@ labelling conventions need not resemble yours; its scores say nothing about perf
     return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body)
 
 
+def _interval(metrics: dict[str, Any], name: str) -> str:
+    interval = (metrics.get("intervals") or {}).get(name)
+    if not interval or not all(math.isfinite(v) for v in interval):
+        return ""
+    return f" (95% CI {interval[0]:.4f}–{interval[1]:.4f})"
+
+
+def _clinical_rows(metrics: dict[str, Any], results: dict[str, Any]) -> str:
+    """Calibration rows, and for a binary task sensitivity/specificity at the argmax and at the threshold chosen
+    on validation."""
+    rows = []
+    if "ece" in metrics:
+        rows.append(f"| ECE (top-label, 15 equal-width bins) | {metrics['ece']:.4f} |")
+        rows.append(f"| Brier score | {metrics['brier']:.4f} |")
+    if "sensitivity" in metrics:
+        positive = results.get("positive_class")
+        rows.append(f"| Sensitivity ({positive}), argmax | {metrics['sensitivity']:.4f} |")
+        rows.append(f"| Specificity, argmax | {metrics['specificity']:.4f} |")
+        if "at_threshold" in metrics:
+            at = metrics["at_threshold"]
+            rows.append(f"| Sensitivity at P({positive}) ≥ {at['threshold']:.3f} (chosen on validation) | "
+                        f"{at['sensitivity']:.4f} |")  # fmt: skip
+            rows.append(f"| Specificity at that threshold | {at['specificity']:.4f} |")
+    return "\n".join(rows) + ("\n" if rows else "")
+
+
 def _retrying(action, what: str, local: Path, later: str, attempts: int = 3, delay_s: float = 2.0):
     """Run `action()`, retrying server errors (5xx, 429) and network failures with exponential back-off; a refusal
     (4xx) or the last failure ends with where the files are and how to push them later."""
@@ -181,7 +251,7 @@ def _short(error: Exception) -> str:
     return str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
 
 
-def push_model(output_dir: str | Path, repo_id: str, private: bool | None = None, license: str = "other",
+def push_model(output_dir: str | Path, repo_id: str, private: bool | None = None, license: str | None = None,
                delay_s: float = 2.0) -> str:  # fmt: skip
     """Push a finished run (model, results.json, figures, and a model card written now) to a model repo."""
     output_dir = Path(output_dir)
@@ -193,13 +263,20 @@ def push_model(output_dir: str | Path, repo_id: str, private: bool | None = None
     model_card(results, repo_id, license).save(output_dir / "README.md")
     api = HfApi()
     later = f"medft-push model {output_dir} --repo_id {repo_id}"
+    # results.json goes up without local paths; every other file as it is on disk.
+    operations = [
+        CommitOperationAdd(path_in_repo=file.name, path_or_fileobj=file)
+        for file in sorted(output_dir.iterdir())
+        if file.is_file() and file.name != RESULTS_FILE and any(fnmatch.fnmatch(file.name, p) for p in MODEL_FILES)
+    ]
+    published = json.dumps(publishable(results), indent=2, allow_nan=True).encode()
+    operations.append(CommitOperationAdd(path_in_repo=RESULTS_FILE, path_or_fileobj=published))
 
     def push() -> str:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.upload_folder(
+        commit = api.create_commit(
             repo_id=repo_id,
-            folder_path=output_dir,
-            allow_patterns=MODEL_FILES,
+            operations=operations,
             commit_message=f"{results['strategy']} on {Path(results['dataset']).name} ({PROJECT})",
         )
         return commit.commit_url
@@ -242,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="kind", required=True)
     model = sub.add_parser("model", help="a train.py output folder, as a model repo with a model card")
     model.add_argument("folder")
-    model.add_argument("--license", default="other", help="the model card's license (default: other)")
+    model.add_argument("--license", help="the model card's license (default: the backbone's, else other)")
     study = sub.add_parser("study", help="a medft-report folder, as a dataset repo")
     study.add_argument("folder")
     for command in (model, study):

@@ -15,8 +15,9 @@ from argparse import RawDescriptionHelpFormatter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import transformers
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArguments, set_seed
 
 from . import metrics as metrics_lib
 from .checkpoints import load_checkpoint_state, resolve_checkpoint
@@ -24,7 +25,15 @@ from .data import AUGMENTATIONS, DEFAULT_AUGMENTATION, ImageClassificationDatase
 from .errors import MedftError
 from .figures import run_figures
 from .hub import PushError, check_push_ready, push_model
-from .modeling import DEFAULT_MODEL, BlockLayout, load_model, min_image_size, record_input_config
+from .losses import inverse_frequency_weights, weighted_cross_entropy
+from .modeling import (
+    DEFAULT_MODEL,
+    BlockLayout,
+    load_model,
+    min_image_size,
+    pretrained_source,
+    record_input_config,
+)
 from .results import (
     RESULTS_FILE,
     environment,
@@ -53,6 +62,13 @@ class ModelArguments:
         default=None,
         metadata={"help": "Train and evaluate at this size (default: the backbone's pretrained input size)."},
     )
+    base_model_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "The Hub id of the backbone, for the model card when --model is a local copy (default: from "
+            "the backbone's timm config, e.g. timm/tf_efficientnet_lite0.in1k)."
+        },
+    )
 
 
 @dataclass
@@ -65,6 +81,10 @@ class DataArguments:
         },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "The dataset's config name, if any."})
+    dataset_id: str | None = field(
+        default=None,
+        metadata={"help": "The dataset's Hub id, for the model card when --dataset is a local copy."},
+    )
     image_column: str | None = field(default=None, metadata={"help": "Default: the first Image column."})
     label_column: str | None = field(default=None, metadata={"help": "Default: the first ClassLabel column."})
     val_fraction: float = field(
@@ -84,6 +104,21 @@ class DataArguments:
     )
     modality: str | None = field(
         default=None, metadata={"help": "Imaging modality (X-ray, MRI, histology, ...), for the model card's tags."}
+    )
+    positive_class: str | None = field(
+        default=None,
+        metadata={
+            "help": "Binary tasks: the class whose recall is the sensitivity (e.g. the disease). Default: the second "
+            "class (label 1)."
+        },
+    )
+    class_weights: str = field(
+        default="none",
+        metadata={
+            "help": "'auto': weight the loss by inverse class frequency in train (every class counts equally); "
+            "'none': plain cross-entropy.",
+            "choices": ["none", "auto"],
+        },
     )
 
 
@@ -109,6 +144,16 @@ class MedftTrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = "balanced_accuracy"
     greater_is_better: bool | None = True
     remove_unused_columns: bool = False
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop after this many evaluations without a better validation score; the best epoch is "
+            "restored (transformers' EarlyStoppingCallback)."
+        },
+    )
+    bootstrap_resamples: int = field(
+        default=1000, metadata={"help": "Bootstrap resamples for the test metrics' 95% intervals (0: none)."}
+    )
 
     def __post_init__(self):
         # Checked before transformers' own set-up, which would fail later with a raw traceback (or not at all).
@@ -122,6 +167,8 @@ class MedftTrainingArguments(TrainingArguments):
                 ("gradient_accumulation_steps", ">=", 1),
                 ("weight_decay", ">=", 0),
                 ("warmup_ratio", ">=", 0),
+                ("early_stopping_patience", ">=", 1),
+                ("bootstrap_resamples", ">=", 0),
             )
             for value in [getattr(self, name, None)]
             if value is not None and not (value > limit if relation == ">" else value >= limit)
@@ -158,6 +205,16 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         )
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, output_dir)
     # We push once, at the end, with a model card (not the Trainer's pushes of every checkpoint).
+    unused = [
+        f"--{name}"
+        for name, default in (("hub_strategy", "every_save"), ("hub_token", None), ("hub_revision", None))
+        if getattr(getattr(training_args, name), "value", getattr(training_args, name)) != default
+    ]
+    if unused:
+        raise MedftError(
+            f"{', '.join(unused)}: not used by medft-hf, which pushes once, at the end, with a model card, to the main "
+            "branch, using the token of HF_TOKEN or `hf auth login`. Drop the flag."
+        )
     push_to = training_args.hub_model_id if training_args.push_to_hub else None
     if training_args.push_to_hub:
         check_push_ready(push_to)
@@ -174,6 +231,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         data_args.max_train_samples,
         seed=training_args.seed,
     )
+    positive_label = positive_label_of(data_args.positive_class, splits.class_names)
     model = load_model(model_args.model, splits.class_names)
     image_size = model_args.image_size or model.config.pretrained_cfg["input_size"][-1]
     if image_size < min_image_size(model):
@@ -184,6 +242,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             min_image_size(model),
         )
         image_size = min_image_size(model)
+    base_model_id, base_model_license = pretrained_source(model, model_args.model)
     record_input_config(model, image_size)
     train_transform, eval_transform = build_transforms(model.timm_model, image_size, data_args.augmentation)
 
@@ -223,15 +282,24 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         "num_train_epochs": training_args.num_train_epochs,
         "image_size": image_size,
         "augmentation": data_args.augmentation,
+        "class_weights": data_args.class_weights,
     }
     # A checkpoint of another run is refused here, before anything is written.
     saved_state = load_checkpoint_state(checkpoint, identity) if checkpoint else None
+    loss = None
+    if data_args.class_weights == "auto":
+        weights = inverse_frequency_weights(np.asarray(splits.train[splits.label_column]), len(splits.class_names))
+        loss = weighted_cross_entropy(weights)
     trainer = StrategyTrainer(
         model=model,
         args=training_args,
         train_dataset=train_set,
         eval_dataset=validation_set,
         compute_metrics=metrics_lib.metrics_for_trainer(),
+        compute_loss_func=loss,
+        callbacks=[EarlyStoppingCallback(training_args.early_stopping_patience)]
+        if training_args.early_stopping_patience
+        else None,
         strategy=strategy,
         run_identity=identity,
     )
@@ -239,18 +307,34 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         trainer.restore_strategy_state(saved_state)
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
-    # 4. Evaluate the chosen model: validation, then the test split once.
+    # 4. Evaluate the chosen model: validation, then the test split once. A binary task's decision threshold is
+    # chosen on validation (Youden's J) and only applied to test.
     metric = metrics_lib.load_metric()
+    validation_prediction = trainer.predict(validation_set)
+    binary = {}
+    if len(splits.class_names) == 2:
+        threshold = metrics_lib.youden_threshold(
+            validation_prediction.predictions, validation_prediction.label_ids, positive_label
+        )
+        binary = {"positive_label": positive_label, "threshold": threshold}
 
-    def evaluate(dataset):
-        prediction = trainer.predict(dataset)
+    def evaluate(prediction, **options):
         return metrics_lib.compute_classification_metrics(
-            prediction.predictions, prediction.label_ids, per_class=True, metric=metric
+            prediction.predictions, prediction.label_ids, per_class=True, metric=metric, **binary, **options
+        )
+
+    test_metrics = None
+    if test_set is not None:
+        test_metrics = evaluate(
+            trainer.predict(test_set), bootstrap_resamples=training_args.bootstrap_resamples, seed=training_args.seed
         )
 
     results = {
         **identity,
         "modality": data_args.modality,
+        "dataset_id": data_args.dataset_id,
+        "base_model_id": model_args.base_model_id or base_model_id,
+        "base_model_license": base_model_license,
         "architecture": model.config.architecture,
         "validation_source": splits.validation_source,
         "num_examples": {
@@ -260,8 +344,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         },
         "seed": training_args.seed,
         "mixed_precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
-        "validation": evaluate(validation_set),
-        "test": evaluate(test_set) if test_set is not None else None,
+        "positive_class": splits.class_names[positive_label] if binary else None,
+        "validation": evaluate(validation_prediction),
+        "test": test_metrics,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "history": epoch_history(trainer.state.log_history, trainer.trainable_per_epoch),
         "strategy_state": strategy.state_dict(),
@@ -277,6 +362,17 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         if push_to:
             results["pushed_to"] = push_model(output_dir, push_to, private=training_args.hub_private_repo)
     return results
+
+
+def positive_label_of(positive_class: str | None, class_names: list[str]) -> int:
+    """The label sensitivity is measured on: --positive_class by name, else label 1."""
+    if positive_class is None:
+        return 1
+    if len(class_names) != 2:
+        raise MedftError(f"--positive_class applies to binary tasks; this dataset has {len(class_names)} classes.")
+    if positive_class not in class_names:
+        raise MedftError(f"--positive_class {positive_class}: not a class of this dataset ({', '.join(class_names)}).")
+    return class_names.index(positive_class)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -73,6 +73,8 @@ def test_model_card_metadata_equals_results_json(tmp_path):
     assert parsed.data.base_model == "timm/densenet121.tv_in1k"
     assert parsed.data.datasets == ["someone/chest-xray"]
     assert parsed.data.pipeline_tag == "image-classification"
+    assert parsed.data.license == "other", "no licence known for the weights"
+    assert parsed.data.license_name and parsed.data.license_link == "https://huggingface.co/timm/densenet121.tv_in1k"
     assert {"medical-imaging", "X-ray", "lpft", "medft-hf"} <= set(parsed.data.tags)
     assert {r.metric_type: r.metric_value for r in parsed.data.eval_results} == {
         k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
@@ -99,6 +101,31 @@ def pushed(hub_server, tiny_model, tiny_dataset, tmp_path):
 
 def _local_hashes(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_card_from_a_local_copy_names_the_hub_sources_and_no_pushed_file_holds_a_local_path(
+    hub_server, tiny_model, tiny_dataset, tmp_path
+):
+    output_dir = tmp_path / "run"
+    train(tiny_model, tiny_dataset, output_dir, "--strategy", "lp", "--dataset_id", "someone/tiny-xray",
+          "--base_model_id", "timm/test_efficientnet.r160_in1k", "--num_train_epochs", "1")  # fmt: skip
+    results = json.loads((output_dir / "results.json").read_text())
+    results["test"]["auroc"] = float("nan")  # a class absent from a split leaves AUROC undefined
+    (output_dir / "results.json").write_text(json.dumps(results))
+    push_model(output_dir, "tester/from-local", delay_s=0)
+    card = ModelCard.load("tester/from-local")
+    assert ModelCard(str(card)).data.to_dict() == card.data.to_dict(), "the metadata survives a parse round trip"
+    assert card.data.base_model == "timm/test_efficientnet.r160_in1k"
+    assert card.data.datasets == ["someone/tiny-xray"]
+    assert card.data.license == "apache-2.0", "the licence of the backbone's weights, from its timm config"
+    assert {r.dataset_type for r in card.data.eval_results} == {"someone/tiny-xray"}
+    assert "auroc" not in {r.metric_type for r in card.data.eval_results}
+    assert "AUROC: not defined on this split" in card.content
+    assert "ECE (top-label, 15 equal-width bins)" in card.content and "95% CI" in card.content
+    assert "null" not in card.content.split("Strategy settings:")[1].splitlines()[0]
+    for local in {str(tmp_path), str(tiny_model), str(tiny_dataset), "/tmp/"}:
+        for name in hub_server.list_files("tester/from-local"):
+            assert local.encode() not in hub_server.read_file("tester/from-local", name), f"{local} is in {name}"
 
 
 def test_a_pushed_model_loads_three_ways_with_the_local_predictions(pushed, hub_server, tiny_dataset):

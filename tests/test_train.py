@@ -176,6 +176,10 @@ def test_help_lists_the_eight_strategies():
         (["--learning_rate", "-1"], "error: --learning_rate -1.0: must be > 0."),
         (["--per_device_train_batch_size", "0"], "error: --per_device_train_batch_size 0: must be >= 1."),
         (["--num_train_epochs", "0"], "error: --num_train_epochs 0.0: must be > 0."),
+        (["--hub_strategy", "checkpoint"], "error: --hub_strategy: not used by medft-hf"),
+        (["--hub_revision", "dev", "--hub_token", "x"], "error: --hub_token, --hub_revision: not used by medft-hf"),
+        (["--positive_class", "cancer"], "error: --positive_class cancer: not a class of this dataset"),
+        (["--class_weights", "inverse"], "argument --class_weights/--class-weights: invalid choice: 'inverse'"),
     ],
 )
 def test_bad_input_fails_with_one_clear_message(args, message, tmp_path, tiny_model):
