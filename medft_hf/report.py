@@ -21,6 +21,7 @@ from .results import RESULTS_FILE
 from .strategies import STRATEGIES
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
+CALIBRATION = ("ece", "brier")  # absent (NaN) in runs made before they were recorded
 SETTING_COLUMNS = ("learning_rate", "strategy_config", "augmentation")
 CASE = ["dataset", "backbone"]
 
@@ -57,7 +58,7 @@ def _row(results: dict[str, Any], folder: Path, root: Path) -> dict[str, Any]:
         "device": results["environment"]["device"],
     }
     for split in ("validation", "test"):
-        for metric in METRICS:
+        for metric in (*METRICS, *CALIBRATION):
             row[f"{split}_{metric}"] = (results[split] or {}).get(metric, np.nan)
     return row
 
