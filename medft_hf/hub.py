@@ -239,6 +239,8 @@ def _retrying(action, what: str, local: Path, later: str, attempts: int = 3, del
             last: Exception = error
         except (httpx.TransportError, OSError) as error:  # connection refused, reset, timed out
             last = error
+        except RuntimeError as error:  # hf_xet (the Xet upload path) reports its failures as RuntimeError
+            last = error
         if attempt < attempts:
             time.sleep(delay_s * 2 ** (attempt - 1))
     raise PushError(

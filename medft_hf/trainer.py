@@ -135,6 +135,8 @@ class StrategyTrainer(Trainer):
             if self.strategy.resets_optimizer_state or new_phase:
                 self.optimizer.state.clear()
         self.trainable_per_epoch[epoch] = count_trainable(model)
+        # To every --report_to integration (TensorBoard, Trackio, ...): what the strategy does this epoch.
+        self.log({"trainable_parameters": float(self.trainable_per_epoch[epoch]), **self.strategy.epoch_signals()})
 
     def _apply_lr_scales(self, scales: list[float]) -> None:
         """Multiply each group's scheduled rate by its factor: base_lrs carry the factors, so every later

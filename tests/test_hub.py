@@ -13,7 +13,7 @@ import hub_server as hub_server_module
 import pytest
 import timm
 import torch
-from huggingface_hub import DatasetCard, ModelCard
+from huggingface_hub import DatasetCard, HfApi, ModelCard
 from test_train import ROOT, train
 from transformers import AutoModelForImageClassification, pipeline
 
@@ -174,6 +174,20 @@ def test_server_errors_are_retried_then_reported_with_local_files_intact(pushed,
     hub_server.fail_next(100)
     with pytest.raises(PushError, match=r"failed after 3 attempts.*safe in .*medft-push model"):
         push_model(output_dir, "tester/never", delay_s=0)
+    after = _local_hashes(output_dir)
+    assert {k: v for k, v in after.items() if k != "README.md"} == {k: v for k, v in before.items() if k != "README.md"}
+
+
+def test_an_error_from_the_xet_upload_path_ends_as_the_same_clear_push_failure(pushed, monkeypatch):
+    output_dir, _ = pushed
+    before = _local_hashes(output_dir)
+
+    def xet_failure(*args, **kwargs):
+        raise RuntimeError("Data processing error: CAS service error : Reqwest Error")  # as hf_xet raises them
+
+    monkeypatch.setattr(HfApi, "create_commit", xet_failure)
+    with pytest.raises(PushError, match=r"failed after 3 attempts \(RuntimeError: Data processing error.*safe in"):
+        push_model(output_dir, "tester/xet", delay_s=0)
     after = _local_hashes(output_dir)
     assert {k: v for k, v in after.items() if k != "README.md"} == {k: v for k, v in before.items() if k != "README.md"}
 

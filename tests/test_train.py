@@ -143,6 +143,17 @@ def test_torch_compile_runs_l2sp_end_to_end(tiny_model, tiny_dataset, tmp_path):
     assert results["history"][0]["train_loss"] == pytest.approx(reference["history"][0]["train_loss"], rel=1e-4)
 
 
+def test_report_to_tensorboard_logs_metrics_and_the_strategys_signals_offline(tiny_model, tiny_dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny_model, tiny_dataset, tmp_path, "--strategy", "auto_rgn", "--rgn_batches", "1", "--report_to",
+          "tensorboard")  # fmt: skip
+    events = EventAccumulator(str(next((tmp_path / "runs").rglob("events.out.tfevents.*")).parent)).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "eval/balanced_accuracy", "train/trainable_parameters", "train/rgn_factor_head"} <= tags
+    assert [e.value for e in events.Scalars("train/rgn_factor_head")] == [1.0, 1.0], "the head at the base rate"
+
+
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, env=env)

@@ -126,6 +126,12 @@ class AutoRGN(Strategy):
         rgn[weight_norms == 0] = float("nan")
         return dict(zip(self.names, rgn.tolist(), strict=True))
 
+    def epoch_signals(self) -> dict[str, float]:
+        if not self.history:
+            return {}
+        blocks = self.history[-1]["blocks"]
+        return {"rgn_factor_backbone_mean": sum(blocks) / len(blocks), "rgn_factor_head": self.history[-1]["head"]}
+
     def state_dict(self) -> dict[str, Any]:
         return {"tensors": self.names, "history": self.history}
 

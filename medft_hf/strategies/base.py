@@ -130,6 +130,10 @@ class Strategy:
         """A regularisation term added to the training loss (before backward, so DDP and AMP see it)."""
         return None
 
+    def epoch_signals(self) -> dict[str, float]:
+        """Scalars worth logging (TensorBoard, Trackio, ...) at the start of each epoch, after `lr_scales`."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
