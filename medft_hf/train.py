@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from argparse import RawDescriptionHelpFormatter
+from argparse import SUPPRESS, RawDescriptionHelpFormatter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -97,8 +97,9 @@ class DataArguments:
     augmentation: str = field(
         default=DEFAULT_AUGMENTATION,
         metadata={
-            "help": "Training augmentation: 'light' (random resized crop of 85-100%, no aspect change, flip), "
-            "'rrc' (crop of 50-100%, aspect 3/4-4/3, flip) or 'none'. No colour or intensity jitter.",
+            "help": "Training augmentation: 'light' (random resized crop of 85-100 percent of the area, no aspect "
+            "change, flip), 'rrc' (crop of 50-100 percent, aspect 3/4-4/3, flip) or 'none'. No colour or intensity "
+            "jitter.",
             "choices": list(AUGMENTATIONS),
         },
     )
@@ -152,7 +153,7 @@ class MedftTrainingArguments(TrainingArguments):
         },
     )
     bootstrap_resamples: int = field(
-        default=1000, metadata={"help": "Bootstrap resamples for the test metrics' 95% intervals (0: none)."}
+        default=1000, metadata={"help": "Bootstrap resamples for the test metrics' 95 percent intervals (0: none)."}
     )
 
     def __post_init__(self):
@@ -178,6 +179,16 @@ class MedftTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
+class HelpFormatter(RawDescriptionHelpFormatter):
+    """The epilog as written, and every flag's default after its help (where it has one)."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def parse_args(argv: list[str] | None = None):
     epilog = "strategies:\n" + "\n".join(
         f"  {name:<9} {cls.summary}\n  {'':<9} ({cls.reference})" for name, cls in STRATEGIES.items()
@@ -186,7 +197,7 @@ def parse_args(argv: list[str] | None = None):
         [ModelArguments, DataArguments, *strategy_config_classes(), MedftTrainingArguments],
         description=__doc__,
         epilog=epilog,
-        formatter_class=RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     model_args, data_args, *strategy_configs, training_args = parser.parse_args_into_dataclasses(args=argv)
     return model_args, data_args, strategy_configs, training_args
@@ -266,9 +277,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             strategy.name,
             " and ".join(alike),
         )
-    if training_args.ddp_find_unused_parameters is None:
-        # Frozen tensors get no gradient; DDP must be told so instead of waiting for them.
-        training_args.ddp_find_unused_parameters = strategy.changes_trainable_set
+    model = strategy.prepare_model(model)
 
     # 3. Train (or resume); the best epoch is chosen on validation.
     identity = {
@@ -356,7 +365,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
 
     # 5. Save: model and figures first, results.json last (its presence marks a finished run); then push.
     if trainer.is_world_process_zero():
-        save_model_atomic(trainer.model, output_dir)
+        save_model_atomic(strategy.export_model(trainer.model), output_dir)
         run_figures(results, output_dir)
         write_json_atomic(output_dir / RESULTS_FILE, results)
         if push_to:

@@ -231,6 +231,6 @@ def test_the_space_is_created_and_uploaded(hub_server):
     assert result.returncode == 0, result.stderr[-2000:]
     files = set(hub_server.list_files("tester/demo", "space"))
     assert {"app.py", "README.md", "requirements.txt", "models.yaml", "medft_hf/__init__.py",
-            "medft_hf/hub_configs/strategies/lpft.yaml", "examples/chest-xray-pneumonia.png"} <= files  # fmt: skip
+            "medft_hf/hub_configs/benchmarks/cpu.yaml", "examples/chest-xray-pneumonia.png"} <= files  # fmt: skip
     readme = hub_server.read_file("tester/demo", "README.md", "space").decode()
     assert "sdk: gradio" in readme and "app_file: app.py" in readme

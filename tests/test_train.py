@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,22 @@ def test_help_lists_the_eight_strategies():
     assert result.returncode == 0
     for name in ("ft", "lp", "lpft", "gu_lf", "gu_fl", "l1sp", "l2sp", "auto_rgn"):
         assert f"\n  {name} " in result.stdout
+
+
+def test_help_shows_every_strategy_flag_with_its_default():
+    from dataclasses import MISSING, fields
+
+    from medft_hf.strategies import strategy_config_classes
+
+    text = " ".join(_cli("--help").stdout.split())  # argparse wraps lines
+    for config_class in strategy_config_classes():
+        for spec in fields(config_class):
+            after = text.split(f"--{spec.name.replace('_', '-')} ")[-1]
+            entry = re.split(r" --[a-z_]+ [A-Z{]", after)[0]  # up to the next option and its metavar
+            if spec.default not in (None, MISSING):
+                assert f"(default: {spec.default})" in entry, spec.name
+            else:
+                assert "default" in entry, f"--{spec.name}'s help says what happens when it is not given"
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """The paper's eight fine-tuning strategies, one module each, in one registry (`STRATEGIES`).
 
-Adding a ninth: write a module with a `Strategy` subclass decorated with `@register_strategy` (and a config
-dataclass if it has flags), import it here, and add `hub_configs/strategies/<name>.yaml` for its defaults.
+Adding one: write a module with a `Strategy` subclass decorated with `@register_strategy` (and a config
+dataclass with its flags and their defaults, if it has any) and import it here.
 """
 
 # Registration order is the paper's order, which `--help` and the study follow.

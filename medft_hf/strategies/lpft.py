@@ -19,6 +19,7 @@ DEFAULT_FT_LR_SCALE = 0.1
 
 @dataclass
 class LPFTConfig(StrategyConfig):
+    # ours (the paper does not fix the LP share): None means floor(epochs / 4), at least one
     lp_epochs: int | None = field(
         default=None,
         metadata={"help": "lpft: epochs of linear probing before fine-tuning (default: floor(epochs / 4), >= 1)."},
@@ -27,8 +28,9 @@ class LPFTConfig(StrategyConfig):
         default=None,
         metadata={"help": "lpft: peak learning rate of the fine-tuning phase (default: --learning_rate x 0.1)."},
     )
-    ft_warmup_ratio: float | None = field(
-        default=None,
+    # ours: the fine-tuning phase starts from fresh optimizer state, so it warms up over its first tenth
+    ft_warmup_ratio: float = field(
+        default=0.1,
         metadata={"help": "lpft: share of the fine-tuning phase spent warming up to --ft_learning_rate."},
     )
     bounds: ClassVar[dict[str, tuple[str, float]]] = {
