@@ -11,7 +11,6 @@ import argparse
 import fnmatch
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from huggingface_hub import (
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import httpx, validate_repo_id  # httpx: the HTTP library the client uses
 
-from .errors import MedftError
+from .errors import MedftError, exit_on_error
 from .results import RESULTS_FILE
 from .strategies import STRATEGIES
 
@@ -42,6 +41,8 @@ METRIC_NAMES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy"
 
 class PushError(MedftError):
     """The push did not go through; the local files are intact."""
+
+    exit_code = 3
 
 
 def check_push_ready(repo_id: str | None) -> None:
@@ -328,14 +329,11 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--repo_id", required=True)
         command.add_argument("--private", action="store_true", default=None)
     args = parser.parse_args(argv)
-    try:
+    with exit_on_error():
         if args.kind == "model":
             url = push_model(args.folder, args.repo_id, args.private, args.license)
         else:
             url = push_study(args.folder, args.repo_id, args.private)
-    except MedftError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(3 if isinstance(error, PushError) else 2)
     print(f"pushed: {url}")
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .errors import MedftError
+from .errors import MedftError, exit_on_error
 from .results import RESULTS_FILE
 from .strategies import STRATEGIES
 
@@ -320,11 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metric", default="balanced_accuracy", choices=METRICS)
     parser.add_argument("--command", default="", help="the command that produced the results, quoted in report.md")
     args = parser.parse_args(argv)
-    try:
+    with exit_on_error():
         report = write_report(args.results, args.output_dir, args.metric, args.command)
-    except MedftError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {report}")
 
 

@@ -31,7 +31,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .checkpoints import latest_complete_checkpoint
-from .errors import MedftError
+from .errors import MedftError, exit_on_error
 from .modeling import architecture_layout
 from .results import RESULTS_FILE, is_finished_run, write_json_atomic
 from .strategies import STRATEGIES, build_strategy
@@ -371,13 +371,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--status", action="store_true", help="print each cell's state (done/failed/running/pending)")
     args = parser.parse_args(argv)
-    try:
+    with exit_on_error():
         grid = Grid.from_yaml(args.grid)
         index, count = parse_shard(args.shard)
         cells = grid.cells(parse_filters(args.filter))[index::count]
-    except MedftError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     root = Path(args.output_dir or f"runs/{grid.name}")
     if args.status:
         states = Counter()

@@ -22,9 +22,9 @@ from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArgume
 from . import metrics as metrics_lib
 from .checkpoints import load_checkpoint_state, resolve_checkpoint
 from .data import AUGMENTATIONS, DEFAULT_AUGMENTATION, ImageClassificationDataset, build_transforms, load_splits
-from .errors import MedftError
+from .errors import MedftError, exit_on_error
 from .figures import run_figures
-from .hub import PushError, check_push_ready, push_model
+from .hub import check_push_ready, push_model
 from .losses import inverse_frequency_weights, weighted_cross_entropy
 from .modeling import (
     DEFAULT_MODEL,
@@ -199,7 +199,19 @@ def parse_args(argv: list[str] | None = None):
         epilog=epilog,
         formatter_class=HelpFormatter,
     )
-    model_args, data_args, *strategy_configs, training_args = parser.parse_args_into_dataclasses(args=argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
+        # Like transformers' examples: every argument from one file (`python train.py recipe.yaml`).
+        if not Path(argv[0]).is_file():
+            raise MedftError(f"{argv[0]}: no such file of arguments.")
+        read = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
+        try:
+            parsed = read(argv[0])
+        except (TypeError, ValueError) as error:  # an unknown key, or a value of the wrong type
+            raise MedftError(f"{argv[0]}: {error}") from error
+    else:
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, *strategy_configs, training_args = parsed
     return model_args, data_args, strategy_configs, training_args
 
 
@@ -387,14 +399,11 @@ def positive_label_of(positive_class: str | None, class_names: list[str]) -> int
 def main(argv: list[str] | None = None) -> None:
     transformers.utils.logging.set_verbosity_warning()
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
+    with exit_on_error():
         model_args, data_args, strategy_configs, training_args = parse_args(argv)
         if training_args.output_dir in (None, "trainer_output"):
             training_args.output_dir = f"outputs/{model_args.strategy}"
         results = run(model_args, data_args, strategy_configs, training_args)
-    except MedftError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(3 if isinstance(error, PushError) else 2)
     test = results["test"] or results["validation"]
     print(
         f"{results['strategy']}: test balanced accuracy {test['balanced_accuracy']:.4f}, AUROC {test['auroc']:.4f}; "

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+import yaml
 from conftest import SHARED, requires_shared
 from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
@@ -153,6 +154,23 @@ def test_report_to_tensorboard_logs_metrics_and_the_strategys_signals_offline(ti
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "eval/balanced_accuracy", "train/trainable_parameters", "train/rgn_factor_head"} <= tags
     assert [e.value for e in events.Scalars("train/rgn_factor_head")] == [1.0, 1.0], "the head at the base rate"
+
+
+def test_all_arguments_can_come_from_a_yaml_or_json_file(tiny_model, tiny_dataset, tmp_path):
+    recipe = {"strategy": "l2sp", "sp_alpha": 0.05, "model": str(tiny_model), "dataset": str(tiny_dataset),
+              "image_size": 32, "num_train_epochs": 1, "use_cpu": True,
+              "output_dir": str(tmp_path / "run")}  # fmt: skip
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    (tmp_path / "recipe.json").write_text(json.dumps({**recipe, "output_dir": str(tmp_path / "other")}))
+    from_yaml = parse_args([str(tmp_path / "recipe.yaml")])
+    from_json = parse_args([str(tmp_path / "recipe.json")])
+    for model_args, _, configs, training_args in (from_yaml, from_json):
+        assert model_args.strategy == "l2sp" and training_args.num_train_epochs == 1
+        assert next(c for c in configs if hasattr(c, "sp_alpha")).sp_alpha == 0.05
+    assert run(*from_yaml)["strategy_config"]["sp_alpha"] == 0.05
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**recipe, "sp_alfa": 1}))
+    with pytest.raises(MedftError, match=r"bad\.yaml: .*sp_alfa"):
+        parse_args([str(tmp_path / "bad.yaml")])
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
