@@ -12,6 +12,7 @@ import fnmatch
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,12 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import httpx, validate_repo_id  # httpx: the HTTP library the client uses
 
 from .errors import MedftError, exit_on_error
-from .results import RESULTS_FILE
+from .results import CALIBRATION, METRICS, RESULTS_FILE, RunResult
 from .strategies import STRATEGIES
 
 PROJECT = "medft-hf"
 MODEL_FILES = ["config.json", "model.safetensors", RESULTS_FILE, "README.md", "*.png"]
 STUDY_FILES = ["README.md", "runs.parquet", "runs.csv", "paired_vs_ft.csv", "claims.json", "*.png"]
-METRIC_NAMES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "macro_f1": "Macro F1",
-                "auroc": "AUROC"}  # fmt: skip
 
 
 class PushError(MedftError):
@@ -81,48 +80,45 @@ def hub_name(name: str | None, hub_id: str | None) -> str | None:
     return Path(name).name
 
 
-def publishable(results: dict[str, Any]) -> dict[str, Any]:
-    """results.json as it is pushed: Hub ids or bare names instead of local paths."""
-    checkpoint = results.get("best_checkpoint")
-    return {
-        **results,
-        "model": hub_name(results["model"], results.get("base_model_id")),
-        "dataset": hub_name(results["dataset"], results.get("dataset_id")),
-        "best_checkpoint": Path(checkpoint).name if checkpoint else None,
-    }
+def publishable(result: RunResult) -> RunResult:
+    """The record as it is pushed: Hub ids or bare names instead of local paths."""
+    return replace(
+        result,
+        model=hub_name(result.model, result.base_model_id),
+        dataset=hub_name(result.dataset, result.dataset_id),
+        best_checkpoint=Path(result.best_checkpoint).name if result.best_checkpoint else None,
+    )
 
 
-def model_card(results: dict[str, Any], repo_id: str, license: str | None = None) -> ModelCard:
+def model_card(result: RunResult, repo_id: str, license: str | None = None) -> ModelCard:
     """The card of a fine-tuned model: metadata the Hub indexes (model-index = results.json's finite test metrics)
     and a body saying what it is, how it was trained, how to load it and what it is not for."""
-    strategy = STRATEGIES[results["strategy"]]
-    split = "test" if results.get("test") else "validation"
-    metrics = results[split]
-    results = publishable(results)
-    dataset_name = results["dataset"]
-    base_model = results["model"] if is_hub_id(results["model"]) else None
-    license = license or results.get("base_model_license") or "other"
-    finite = [m for m in METRIC_NAMES if isinstance(metrics.get(m), float) and math.isfinite(metrics[m])]
-    missing = [METRIC_NAMES[m] for m in METRIC_NAMES if m not in finite]
+    strategy = STRATEGIES[result.strategy]
+    split, metrics = result.split, result.metrics
+    result = publishable(result)
+    base_model = result.model if is_hub_id(result.model) else None
+    license = license or result.base_model_license or "other"
+    finite = [m for m in METRICS if isinstance(metrics.get(m), float) and math.isfinite(metrics[m])]
+    missing = [METRICS[m] for m in METRICS if m not in finite]
     data = ModelCardData(
         base_model=base_model,
-        datasets=[dataset_name] if is_hub_id(dataset_name) else None,
+        datasets=[result.dataset] if is_hub_id(result.dataset) else None,
         license=license,
         license_name="see-base-model-and-dataset" if license == "other" else None,
         license_link=f"https://huggingface.co/{base_model}" if license == "other" and base_model else None,
         library_name="timm",
         pipeline_tag="image-classification",
-        tags=["medical-imaging", *filter(None, [results.get("modality")]), results["strategy"], PROJECT],
+        tags=["medical-imaging", *filter(None, [result.modality]), result.strategy, PROJECT],
         model_name=repo_id.split("/")[-1],
         eval_results=[
             EvalResult(
                 task_type="image-classification",
-                dataset_type=dataset_name,
-                dataset_name=Path(dataset_name).name,
-                dataset_config=results.get("dataset_config"),
+                dataset_type=result.dataset,
+                dataset_name=result.dataset_name,
+                dataset_config=result.dataset_config,
                 dataset_split=split,
                 metric_type=metric,
-                metric_name=METRIC_NAMES[metric],
+                metric_name=METRICS[metric],
                 metric_value=metrics[metric],
             )
             for metric in finite
@@ -131,45 +127,45 @@ def model_card(results: dict[str, Any], repo_id: str, license: str | None = None
     not_finite = (
         f"\n{', '.join(missing)}: not defined on this split (e.g. a class is absent), so left out.\n" if missing else ""
     )
-    clinical = _clinical_rows(metrics, results)
+    clinical = _clinical_rows(metrics, result.positive_class)
     per_class = metrics["per_class"]
     class_rows = "\n".join(
         f"| {name} | {per_class['precision'][i]:.3f} | {per_class['recall'][i]:.3f} | {per_class['f1'][i]:.3f} "
         f"| {per_class['support'][i]} |"
-        for i, name in enumerate(results["class_names"])
+        for i, name in enumerate(result.class_names)
     )
     doc = (strategy.__doc__ or "").strip().splitlines()[0]
     body = f"""
 # {repo_id.split("/")[-1]}
 
-{results["architecture"]} fine-tuned on **{Path(dataset_name).name}** ({", ".join(results["class_names"])}) with
-**{results["strategy"]}**: {strategy.summary}. {doc} ({strategy.reference}.) Trained with
+{result.architecture} fine-tuned on **{result.dataset_name}** ({", ".join(result.class_names)}) with
+**{result.strategy}**: {strategy.summary}. {doc} ({strategy.reference}.) Trained with
 [{PROJECT}](https://github.com/medft-hf/medft-hf), which implements the strategies compared by Davila, Colan &
 Hasegawa (2024), "Comparison of fine-tuning strategies for transfer learning in medical image classification",
 arXiv 2406.10050.
 
-## Results ({split} split, {results["num_examples"].get(split, "?")} images)
+## Results ({split} split, {result.num_examples.get(split, "?")} images)
 
 | metric | value |
 |---|---|
-{chr(10).join(f"| {METRIC_NAMES[m]} | {metrics[m]:.4f}{_interval(metrics, m)} |" for m in finite)}
+{chr(10).join(f"| {METRICS[m]} | {metrics[m]:.4f}{_interval(metrics, m)} |" for m in finite)}
 {clinical}{not_finite}
 
 | class | precision | recall | F1 | support |
 |---|---|---|---|---|
 {class_rows}
 
-The best epoch was chosen on the validation split ({results["validation_source"]}); the test split was
+The best epoch was chosen on the validation split ({result.validation_source}); the test split was
 evaluated once. Figures: `training_curves.png`, `confusion_matrix.png`; everything above: `results.json`.
 
 ## Training set-up
 
-- Backbone: `{results["model"]}` ({results["architecture"]}), ImageNet-pretrained, new classification head.
-- Strategy settings: `{json.dumps({k: v for k, v in results["strategy_config"].items() if v is not None})}`.
-- Training augmentation: `{results.get("augmentation", "rrc")}` (see the medft-hf README).
-- Image size {results["image_size"]} px, {results["num_train_epochs"]:g} epochs, learning rate
-  {results["learning_rate"]:g}, seed {results["seed"]}, mixed precision: {results["mixed_precision"]}.
-- Hardware: {results["environment"]["device"]}; training time {results["train_runtime_s"]:.0f} s.
+- Backbone: `{result.model}` ({result.architecture}), ImageNet-pretrained, new classification head.
+- Strategy settings: `{json.dumps({k: v for k, v in result.strategy_config.items() if v is not None})}`.
+- Training augmentation: `{result.augmentation}` (see the medft-hf README).
+- Image size {result.image_size} px, {result.num_train_epochs:g} epochs, learning rate
+  {result.learning_rate:g}, seed {result.seed}, mixed precision: {result.mixed_precision}.
+- Hardware: {result.environment["device"]}; training time {result.train_runtime_s:.0f} s.
 
 ## How to use
 
@@ -207,15 +203,12 @@ def _interval(metrics: dict[str, Any], name: str) -> str:
     return f" (95% CI {interval[0]:.4f}–{interval[1]:.4f})"
 
 
-def _clinical_rows(metrics: dict[str, Any], results: dict[str, Any]) -> str:
+def _clinical_rows(metrics: dict[str, Any], positive: str | None) -> str:
     """Calibration rows, and for a binary task sensitivity/specificity at the argmax and at the threshold chosen
     on validation."""
     rows = []
-    if "ece" in metrics:
-        rows.append(f"| ECE (top-label, 15 equal-width bins) | {metrics['ece']:.4f} |")
-        rows.append(f"| Brier score | {metrics['brier']:.4f} |")
+    rows += [f"| {title} | {metrics[name]:.4f} |" for name, title in CALIBRATION.items() if name in metrics]
     if "sensitivity" in metrics:
-        positive = results.get("positive_class")
         rows.append(f"| Sensitivity ({positive}), argmax | {metrics['sensitivity']:.4f} |")
         rows.append(f"| Specificity, argmax | {metrics['specificity']:.4f} |")
         if "at_threshold" in metrics:
@@ -262,8 +255,8 @@ def push_model(output_dir: str | Path, repo_id: str, private: bool | None = None
     if not results_file.is_file():
         raise MedftError(f"{output_dir}: no {RESULTS_FILE}; only a finished run can be pushed.")
     check_push_ready(repo_id)
-    results = json.loads(results_file.read_text())
-    model_card(results, repo_id, license).save(output_dir / "README.md")
+    result = RunResult.load(results_file)
+    model_card(result, repo_id, license).save(output_dir / "README.md")
     api = HfApi()
     later = f"medft-push model {output_dir} --repo_id {repo_id}"
     # results.json goes up without local paths; every other file as it is on disk.
@@ -272,7 +265,7 @@ def push_model(output_dir: str | Path, repo_id: str, private: bool | None = None
         for file in sorted(output_dir.iterdir())
         if file.is_file() and file.name != RESULTS_FILE and any(fnmatch.fnmatch(file.name, p) for p in MODEL_FILES)
     ]
-    published = json.dumps(publishable(results), indent=2, allow_nan=True).encode()
+    published = json.dumps(publishable(result).to_dict(), indent=2, allow_nan=True).encode()
     operations.append(CommitOperationAdd(path_in_repo=RESULTS_FILE, path_or_fileobj=published))
 
     def push() -> str:
@@ -280,7 +273,7 @@ def push_model(output_dir: str | Path, repo_id: str, private: bool | None = None
         commit = api.create_commit(
             repo_id=repo_id,
             operations=operations,
-            commit_message=f"{results['strategy']} on {Path(results['dataset']).name} ({PROJECT})",
+            commit_message=f"{result.strategy} on {result.dataset_name} ({PROJECT})",
         )
         return commit.commit_url
 

@@ -34,14 +34,7 @@ from .modeling import (
     pretrained_source,
     record_input_config,
 )
-from .results import (
-    RESULTS_FILE,
-    environment,
-    epoch_history,
-    is_finished_run,
-    save_model_atomic,
-    write_json_atomic,
-)
+from .results import RESULTS_FILE, RunResult, environment, epoch_history, is_finished_run, save_model_atomic
 from .strategies import STRATEGIES, build_strategy, coinciding_strategies, strategy_config_classes
 from .trainer import StrategyTrainer
 
@@ -215,7 +208,7 @@ def parse_args(argv: list[str] | None = None):
     return model_args, data_args, strategy_configs, training_args
 
 
-def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, training_args) -> dict:
+def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, training_args) -> RunResult:
     """Train and evaluate one model; returns what it writes to `results.json`."""
     strategy_cls = STRATEGIES[model_args.strategy]
     config = next((c for c in strategy_configs if type(c) is strategy_cls.config_class), strategy_cls.config_class())
@@ -350,39 +343,35 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             trainer.predict(test_set), bootstrap_resamples=training_args.bootstrap_resamples, seed=training_args.seed
         )
 
-    results = {
+    result = RunResult(
         **identity,
-        "modality": data_args.modality,
-        "dataset_id": data_args.dataset_id,
-        "base_model_id": model_args.base_model_id or base_model_id,
-        "base_model_license": base_model_license,
-        "architecture": model.config.architecture,
-        "validation_source": splits.validation_source,
-        "num_examples": {
-            "train": len(train_set),
-            "validation": len(validation_set),
-            "test": len(test_set or []),
-        },
-        "seed": training_args.seed,
-        "mixed_precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
-        "positive_class": splits.class_names[positive_label] if binary else None,
-        "validation": evaluate(validation_prediction),
-        "test": test_metrics,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "history": epoch_history(trainer.state.log_history, trainer.trainable_per_epoch),
-        "strategy_state": strategy.state_dict(),
-        "train_runtime_s": train_output.metrics["train_runtime"],
-        "environment": environment(),
-    }
+        modality=data_args.modality,
+        dataset_id=data_args.dataset_id,
+        base_model_id=model_args.base_model_id or base_model_id,
+        base_model_license=base_model_license,
+        architecture=model.config.architecture,
+        validation_source=splits.validation_source,
+        num_examples={"train": len(train_set), "validation": len(validation_set), "test": len(test_set or [])},
+        seed=training_args.seed,
+        mixed_precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
+        positive_class=splits.class_names[positive_label] if binary else None,
+        validation=evaluate(validation_prediction),
+        test=test_metrics,
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        history=epoch_history(trainer.state.log_history, trainer.trainable_per_epoch),
+        strategy_state=strategy.state_dict(),
+        train_runtime_s=train_output.metrics["train_runtime"],
+        environment=environment(),
+    )
 
     # 5. Save: model and figures first, results.json last (its presence marks a finished run); then push.
     if trainer.is_world_process_zero():
         save_model_atomic(strategy.export_model(trainer.model), output_dir)
-        run_figures(results, output_dir)
-        write_json_atomic(output_dir / RESULTS_FILE, results)
+        run_figures(result, output_dir)
+        result.save(output_dir)
         if push_to:
-            results["pushed_to"] = push_model(output_dir, push_to, private=training_args.hub_private_repo)
-    return results
+            result.pushed_to = push_model(output_dir, push_to, private=training_args.hub_private_repo)
+    return result
 
 
 def positive_label_of(positive_class: str | None, class_names: list[str]) -> int:
@@ -403,11 +392,11 @@ def main(argv: list[str] | None = None) -> None:
         model_args, data_args, strategy_configs, training_args = parse_args(argv)
         if training_args.output_dir in (None, "trainer_output"):
             training_args.output_dir = f"outputs/{model_args.strategy}"
-        results = run(model_args, data_args, strategy_configs, training_args)
-    test = results["test"] or results["validation"]
+        result = run(model_args, data_args, strategy_configs, training_args)
+    metrics = result.metrics
     print(
-        f"{results['strategy']}: test balanced accuracy {test['balanced_accuracy']:.4f}, AUROC {test['auroc']:.4f}; "
-        f"saved to {training_args.output_dir}"
+        f"{result.strategy}: {result.split} balanced accuracy {metrics['balanced_accuracy']:.4f}, AUROC "
+        f"{metrics['auroc']:.4f}; saved to {training_args.output_dir}"
     )
 
 

@@ -19,6 +19,7 @@ from transformers import AutoModelForImageClassification, pipeline
 
 from medft_hf.errors import MedftError
 from medft_hf.hub import PushError, check_push_ready, model_card, push_model, push_study
+from medft_hf.results import RunResult
 
 
 @pytest.fixture
@@ -66,8 +67,8 @@ def test_model_card_metadata_equals_results_json(tmp_path):
                "num_examples": {"test": 15}, "strategy_config": {"lp_epochs": None}, "image_size": 224,
                "num_train_epochs": 10.0, "learning_rate": 1e-3, "seed": 0, "mixed_precision": "bf16",
                "environment": {"device": "CPU (2 cores)"}, "train_runtime_s": 12.0, "validation": metrics,
-               "test": metrics}  # fmt: skip
-    card = model_card(results, "me/densenet121-lpft-chest-xray")
+               "test": metrics, "history": []}  # fmt: skip
+    card = model_card(RunResult.from_dict(results), "me/densenet121-lpft-chest-xray")
     card.save(tmp_path / "README.md")
     parsed = ModelCard.load(tmp_path / "README.md")
     assert parsed.data.base_model == "timm/densenet121.tv_in1k"

@@ -124,11 +124,11 @@ def test_a_binary_run_records_calibration_intervals_and_clinical_rates(tiny_mode
         "--class_weights", "auto", "--bootstrap_resamples", "200",
     )  # fmt: skip
     test = json.loads((tmp_path / "results.json").read_text())["test"]
-    assert results["positive_class"] == "malignant"
+    assert results.positive_class == "malignant"
     assert {"ece", "brier", "sensitivity", "specificity", "at_threshold", "intervals", "reliability"} <= set(test)
     threshold = test["at_threshold"]["threshold"]
     assert 0 <= threshold <= 1
-    assert results["validation"]["at_threshold"]["threshold"] == threshold, "chosen on validation, applied to test"
+    assert results.validation["at_threshold"]["threshold"] == threshold, "chosen on validation, applied to test"
     matrix = np.asarray(test["confusion_matrix"])  # rows: true malignant (label 0), normal_or_benign
     assert test["sensitivity"] == pytest.approx(matrix[0, 0] / matrix[0].sum())
     assert test["specificity"] == pytest.approx(matrix[1, 1] / matrix[1].sum())
@@ -142,5 +142,5 @@ def test_early_stopping_restores_the_best_epoch(tiny_model, tiny_dataset, tmp_pa
         tiny_model, tiny_dataset, tmp_path, "--strategy", "lp", "--learning_rate", "1e-12", "--num_train_epochs", "6",
         "--early_stopping_patience", "2",
     )  # fmt: skip
-    assert len(results["history"]) == 3
-    assert results["best_checkpoint"].endswith("checkpoint-3"), "the first epoch's model is the one kept"
+    assert len(results.history) == 3
+    assert results.best_checkpoint.endswith("checkpoint-3"), "the first epoch's model is the one kept"

@@ -120,8 +120,8 @@ def test_a_lora_run_loads_three_ways_and_predicts_what_training_predicted(tiny_m
     predicted = [max(classifier(image, top_k=None), key=lambda p: p["score"])["label"] for image in images]
     truth = [names[label] for label in test["label"]]
     accuracy = np.mean([p == t for p, t in zip(predicted, truth, strict=True)])
-    assert accuracy == pytest.approx(results["test"]["accuracy"], abs=1 / len(images) + 1e-9)
-    matrix = np.asarray(results["test"]["confusion_matrix"])
+    assert accuracy == pytest.approx(results.test["accuracy"], abs=1 / len(images) + 1e-9)
+    matrix = np.asarray(results.test["confusion_matrix"])
     assert [predicted.count(names[i]) for i in range(len(names))] == matrix.sum(axis=0).tolist()
     from_timm = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
     pixels = classifier.image_processor(images[0], return_tensors="pt")["pixel_values"]

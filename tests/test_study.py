@@ -179,7 +179,8 @@ def write_result(root: Path, dataset: str, strategy: str, seed: int, lr: float, 
     metrics = lambda value: {"accuracy": value, "balanced_accuracy": value, "macro_f1": value, "auroc": value}  # noqa: E731
     history = [{"epoch": e, "train_loss": 1.0 / e, "validation": metrics(validation)} for e in (1, 2)]
     state = {"history": [{"blocks": [0.2, 0.5, 1.0], "head": 0.7}] * 2} if strategy == "auto_rgn" else {}
-    results = {"dataset": f"data/{dataset}", "architecture": "net", "strategy": strategy, "seed": seed,
+    results = {"dataset": f"data/{dataset}", "model": "timm/net.in1k", "class_names": ["a", "b"],
+               "architecture": "net", "strategy": strategy, "seed": seed,
                "learning_rate": lr, "strategy_config": {}, "image_size": 48, "num_train_epochs": 2,
                "train_runtime_s": 1.0, "environment": {"device": "CPU (2 cores)"}, "validation": metrics(validation),
                "test": metrics(test), "history": history, "strategy_state": state}  # fmt: skip

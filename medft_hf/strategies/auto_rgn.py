@@ -127,6 +127,15 @@ class AutoRGN(Strategy):
         rgn[weight_norms == 0] = float("nan")
         return dict(zip(self.names, rgn.tolist(), strict=True))
 
+    @classmethod
+    def state_series(cls, state: dict[str, Any]) -> dict[str, list[float]]:
+        """Each block's (stem first) and the head's mean rate factor, per epoch."""
+        history = state.get("history", [])
+        if not history:
+            return {}
+        series = {f"block {i}": [epoch["blocks"][i] for epoch in history] for i in range(len(history[0]["blocks"]))}
+        return {**series, "head": [epoch["head"] for epoch in history]}
+
     def epoch_signals(self) -> dict[str, float]:
         if not self.history:
             return {}

@@ -135,6 +135,11 @@ class Strategy:
         """A regularisation term added to the training loss (before backward, so DDP and AMP see it)."""
         return None
 
+    @classmethod
+    def state_series(cls, state: dict[str, Any]) -> dict[str, list[float]]:
+        """From a finished run's `strategy_state`: named per-epoch series worth a figure (none by default)."""
+        return {}
+
     def epoch_signals(self) -> dict[str, float]:
         """Scalars worth logging (TensorBoard, Trackio, ...) at the start of each epoch, after `lr_scales`."""
         return {}

@@ -9,7 +9,6 @@ crop it was trained and evaluated with, exactly as `pipeline("image-classificati
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -30,6 +29,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from medft_hf.images import to_rgb
+from medft_hf.results import RESULTS_FILE, RunResult
 
 HERE = Path(__file__).resolve().parent
 MAX_SIDE = 2048  # larger uploads are shrunk first: the model sees a few hundred pixels anyway
@@ -61,7 +61,7 @@ class ServedModel:
     model: torch.nn.Module
     processor: Any  # the model's own image processor: what pipeline() uses
     target_layer: torch.nn.Module
-    results: dict[str, Any]
+    result: RunResult
     # Grad-CAM hooks live on the model, so two requests on one model at once would mix their activations.
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -71,11 +71,10 @@ class ServedModel:
         processor = AutoImageProcessor.from_pretrained(source)
         timm_model = model.timm_model
         local = Path(source)
-        results_path = local / "results.json" if local.is_dir() else Path(hf_hub_download(source, "results.json"))
-        results = json.loads(results_path.read_text())
+        result = RunResult.load(local if local.is_dir() else hf_hub_download(source, RESULTS_FILE))
         layer = timm_model.get_submodule(timm_model.feature_info[-1]["module"])
-        label = name or f"{results['strategy']} · {results['architecture']} · {Path(results['dataset']).name}"
-        return cls(label, source, model, processor, layer, results)
+        label = name or f"{result.strategy} · {result.architecture} · {result.dataset_name}"
+        return cls(label, source, model, processor, layer, result)
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """The model's input for `image`: resized and cropped as in training's evaluation, normalised."""
@@ -88,20 +87,19 @@ class ServedModel:
         return (pixels[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy().astype(np.float32)
 
     def metrics_markdown(self) -> str:
-        split = "test" if self.results.get("test") else "validation"
-        metrics = self.results[split]
+        split, metrics = self.result.split, self.result.metrics
         text = (
-            f"**{self.name}** — strategy `{self.results['strategy']}`, {split} balanced accuracy "
+            f"**{self.name}** — strategy `{self.result.strategy}`, {split} balanced accuracy "
             f"{metrics['balanced_accuracy']:.3f}, AUROC {metrics['auroc']:.3f}, macro F1 {metrics['macro_f1']:.3f}"
         )
         if "ece" in metrics:
             text += f", ECE {metrics['ece']:.3f}, Brier {metrics['brier']:.3f}"
         if "sensitivity" in metrics:
             text += (
-                f", sensitivity ({self.results.get('positive_class')}) {metrics['sensitivity']:.3f}, "
+                f", sensitivity ({self.result.positive_class}) {metrics['sensitivity']:.3f}, "
                 f"specificity {metrics['specificity']:.3f}"
             )
-        return text + f" ({self.results['num_examples'].get(split, '?')} images; measured with the same "
+        return text + f" ({self.result.num_examples.get(split, '?')} images; measured with the same "
         "preprocessing this demo applies)"
 
     def predict(self, image: Image.Image) -> tuple[dict[str, float], np.ndarray]:
@@ -119,7 +117,7 @@ class ServedModel:
 
     def domain_warning(self, path: str) -> str | None:
         """A warning when a bundled example of one imaging domain is sent to a model trained on another."""
-        modality = self.results.get("modality")
+        modality = self.result.modality
         domain = next((d for prefix, d in EXAMPLE_DOMAINS.items() if Path(path).name.startswith(prefix)), None)
         if modality and domain and Path(path).parent == HERE / "examples" and domain.lower() != modality.lower():
             return f"This example is a {domain} image; {self.name} was trained on {modality} images."
