@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import sys
@@ -98,7 +99,7 @@ class Grid:
             if not named.is_file():
                 raise MedftError(f"grid {path}: no such file (nor a benchmark of that name in hub_configs/benchmarks).")
             path = named
-        spec = yaml.safe_load(path.read_text()) or {}
+        spec = yaml.load(path.read_text(), Loader=_GridLoader) or {}
         spec.setdefault("strategies", list(STRATEGIES))
         unknown_keys = set(spec) - {f for f in cls.__dataclass_fields__}
         if unknown_keys:
@@ -179,8 +180,8 @@ class Grid:
                 cells.append(Cell(dataset, backbone, strategy, seed, point))
         return _filtered(cells, filters or {})
 
-    def argv(self, cell: Cell, output_dir: Path) -> list[str]:
-        """The train.py command line of one cell."""
+    def flags(self, cell: Cell, output_dir: Path) -> dict[str, Any]:
+        """The train.py arguments of one cell, typed as the grid file gives them."""
         dataset = self.entry("datasets", cell.dataset)
         flags: dict[str, Any] = {
             "strategy": cell.strategy,
@@ -194,12 +195,25 @@ class Grid:
             "seed": cell.seed,
             "output_dir": str(output_dir),
         }
+        return {key: value for key, value in flags.items() if value is not None}
+
+    def argv(self, cell: Cell, output_dir: Path) -> list[str]:
+        """The same arguments as a train.py command line, for people (--dry-run) and other schedulers."""
         return [
             item
-            for key, value in flags.items()
-            if value is not None
+            for key, value in self.flags(cell, output_dir).items()
             for item in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))
         ]
+
+
+class _GridLoader(yaml.SafeLoader):
+    """YAML as people write numbers: `1e-3` is a float (PyYAML's YAML 1.1 wants `1.0e-3`), since grid values go to
+    train.py typed, not as text."""
+
+
+_GridLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
+)
 
 
 def _lacks(entry: str | dict[str, Any], key: str) -> bool:
@@ -327,23 +341,23 @@ def run_cell(grid: Grid, cell: Cell, root: Path) -> str:
 
 
 def _run_locked(grid: Grid, cell: Cell, output_dir: Path) -> str:
-    from .train import parse_args, run  # train imports the trainer stack; keep `--dry-run` light
+    from .train import parse_dict, run  # train imports the trainer stack; keep `--dry-run` light
 
     (output_dir / FAILED_FILE).unlink(missing_ok=True)
-    argv = grid.argv(cell, output_dir)
+    flags = grid.flags(cell, output_dir)
     checkpoint = latest_complete_checkpoint(output_dir) if output_dir.exists() else None
     if checkpoint is not None:
         logger.info("Resuming %s from %s", cell.path, checkpoint.name)
-        argv += ["--resume_from_checkpoint", str(checkpoint)]
+        flags["resume_from_checkpoint"] = str(checkpoint)
     try:
-        run(*parse_args(argv))
+        run(*parse_dict(flags))
     except KeyboardInterrupt:
         raise
     except (Exception, SystemExit) as error:  # a failing cell (argparse exits too) is recorded; the grid goes on
         write_json_atomic(
             output_dir / FAILED_FILE,
             {**cell.as_dict(), "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(),
-             "argv": argv},
+             "flags": flags},
         )  # fmt: skip
         return "failed"
     return "done"

@@ -14,6 +14,7 @@ import sys
 from argparse import SUPPRESS, RawDescriptionHelpFormatter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import transformers
@@ -182,16 +183,29 @@ class HelpFormatter(RawDescriptionHelpFormatter):
         return text
 
 
-def parse_args(argv: list[str] | None = None):
+def _parser() -> HfArgumentParser:
     epilog = "strategies:\n" + "\n".join(
         f"  {name:<9} {cls.summary}\n  {'':<9} ({cls.reference})" for name, cls in STRATEGIES.items()
     )
-    parser = HfArgumentParser(
+    return HfArgumentParser(
         [ModelArguments, DataArguments, *strategy_config_classes(), MedftTrainingArguments],
         description=__doc__,
         epilog=epilog,
         formatter_class=HelpFormatter,
     )
+
+
+def parse_dict(flags: dict[str, Any]):
+    """The arguments of `parse_args`, from typed values (a study cell, a search trial) instead of a command line."""
+    try:
+        model_args, data_args, *strategy_configs, training_args = _parser().parse_dict(flags)
+    except ValueError as error:  # an argument no dataclass has
+        raise MedftError(f"{error}. See `train.py --help` for the arguments.") from error
+    return model_args, data_args, strategy_configs, training_args
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = _parser()
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
         # Like transformers' examples: every argument from one file (`python train.py recipe.yaml`).

@@ -83,6 +83,24 @@ def test_filters_refuse_unknown_keys_and_values_and_compare_numbers_as_numbers()
         grid.cells(parse_filters("learning_rate=0.01"))
 
 
+def test_cells_reach_train_py_typed_not_as_text(tmp_path):
+    from medft_hf.train import parse_dict
+
+    path = tmp_path / "typed.yaml"
+    path.write_text("name: typed\nstrategies: [l2sp]\nbackbones: [efficientnet-lite0-local]\n"
+                    "datasets: [breastmnist-local]\nseeds: [0]\ntraining: {learning_rate: 1e-3, use_cpu: true}\n"
+                    "sweep: {sp_alpha: [1e-2, 0.1]}\n")  # fmt: skip
+    grid = Grid.from_yaml(path)
+    cell = grid.cells()[0]
+    flags = grid.flags(cell, tmp_path / "out")
+    assert flags["learning_rate"] == 0.001 and flags["sp_alpha"] == 0.01, "1e-3 is a number, as people mean it"
+    _, _, configs, training_args = parse_dict(flags)
+    assert training_args.learning_rate == 0.001 and training_args.use_cpu is True
+    assert next(c for c in configs if hasattr(c, "sp_alpha")).sp_alpha == 0.01
+    with pytest.raises(MedftError, match="sp_alfa"):
+        parse_dict({**flags, "sp_alfa": 1})
+
+
 def test_shards_split_the_cells_without_overlap(tmp_path, capsys):
     from medft_hf.study import main, parse_shard
 
