@@ -30,6 +30,7 @@ IDENTITY_FIELDS = (
     "num_train_epochs",
     "image_size",
     "augmentation",
+    "class_weights",
 )
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 logger = logging.getLogger(__name__)

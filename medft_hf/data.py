@@ -15,10 +15,10 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 from .errors import MedftError
+from .images import to_rgb
 from .rng import derived_seed, isolated_rng
 
 VALIDATION_NAMES = ("validation", "valid", "val", "dev")
@@ -200,16 +200,6 @@ def _check_labels(splits: ImageClassificationSplits, source: str) -> None:
             f"{source}: no training image for class(es) {missing}. Every class needs training images; "
             "check the split or raise --max_train_samples."
         )
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode (grayscale, RGBA, palette, 16-bit, float) as 8-bit RGB for a 3-channel backbone."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float32)
-        low, high = float(array.min()), float(array.max())
-        array = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
-        image = Image.fromarray(array.astype(np.uint8))
-    return image.convert("RGB")
 
 
 class ImageClassificationDataset(torch.utils.data.Dataset):

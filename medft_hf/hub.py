@@ -8,29 +8,40 @@ push later.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
-import sys
+import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub import (
+    CommitOperationAdd,
+    DatasetCard,
+    DatasetCardData,
+    EvalResult,
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    get_token,
+)
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import httpx, validate_repo_id  # httpx: the HTTP library the client uses
 
-from .errors import MedftError
-from .results import RESULTS_FILE
+from .errors import MedftError, exit_on_error
+from .results import CALIBRATION, METRICS, RESULTS_FILE, RunResult
 from .strategies import STRATEGIES
 
 PROJECT = "medft-hf"
 MODEL_FILES = ["config.json", "model.safetensors", RESULTS_FILE, "README.md", "*.png"]
 STUDY_FILES = ["README.md", "runs.parquet", "runs.csv", "paired_vs_ft.csv", "claims.json", "*.png"]
-METRIC_NAMES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "macro_f1": "Macro F1",
-                "auroc": "AUROC"}  # fmt: skip
 
 
 class PushError(MedftError):
     """The push did not go through; the local files are intact."""
+
+    exit_code = 3
 
 
 def check_push_ready(repo_id: str | None) -> None:
@@ -59,72 +70,102 @@ def is_hub_id(name: str | None) -> bool:
     return True
 
 
-def model_card(results: dict[str, Any], repo_id: str, license: str = "other") -> ModelCard:
-    """The card of a fine-tuned model: metadata the Hub indexes (model-index = results.json's test metrics)
+def hub_name(name: str | None, hub_id: str | None) -> str | None:
+    """What the Hub should see for a model or dataset: its Hub id (given, or the name itself when it is one),
+    else only the folder's name, never a local path."""
+    if hub_id:
+        return hub_id
+    if name is None or is_hub_id(name):
+        return name
+    return Path(name).name
+
+
+def publishable(result: RunResult) -> RunResult:
+    """The record as it is pushed: Hub ids or bare names instead of local paths."""
+    return replace(
+        result,
+        model=hub_name(result.model, result.base_model_id),
+        dataset=hub_name(result.dataset, result.dataset_id),
+        best_checkpoint=Path(result.best_checkpoint).name if result.best_checkpoint else None,
+    )
+
+
+def model_card(result: RunResult, repo_id: str, license: str | None = None) -> ModelCard:
+    """The card of a fine-tuned model: metadata the Hub indexes (model-index = results.json's finite test metrics)
     and a body saying what it is, how it was trained, how to load it and what it is not for."""
-    strategy = STRATEGIES[results["strategy"]]
-    split = "test" if results.get("test") else "validation"
-    metrics = results[split]
-    dataset_name = results["dataset"]
+    strategy = STRATEGIES[result.strategy]
+    split, metrics = result.split, result.metrics
+    result = publishable(result)
+    base_model = result.model if is_hub_id(result.model) else None
+    license = license or result.base_model_license or "other"
+    finite = [m for m in METRICS if isinstance(metrics.get(m), float) and math.isfinite(metrics[m])]
+    missing = [METRICS[m] for m in METRICS if m not in finite]
     data = ModelCardData(
-        base_model=results["model"] if is_hub_id(results["model"]) else None,
-        datasets=[dataset_name] if is_hub_id(dataset_name) else None,
+        base_model=base_model,
+        datasets=[result.dataset] if is_hub_id(result.dataset) else None,
         license=license,
+        license_name="see-base-model-and-dataset" if license == "other" else None,
+        license_link=f"https://huggingface.co/{base_model}" if license == "other" and base_model else None,
         library_name="timm",
         pipeline_tag="image-classification",
-        tags=["medical-imaging", *filter(None, [results.get("modality")]), results["strategy"], PROJECT],
+        tags=["medical-imaging", *filter(None, [result.modality]), result.strategy, PROJECT],
         model_name=repo_id.split("/")[-1],
         eval_results=[
             EvalResult(
                 task_type="image-classification",
-                dataset_type=dataset_name,
-                dataset_name=Path(dataset_name).name,
-                dataset_config=results.get("dataset_config"),
+                dataset_type=result.dataset,
+                dataset_name=result.dataset_name,
+                dataset_config=result.dataset_config,
                 dataset_split=split,
                 metric_type=metric,
-                metric_name=METRIC_NAMES[metric],
+                metric_name=METRICS[metric],
                 metric_value=metrics[metric],
             )
-            for metric in METRIC_NAMES
+            for metric in finite
         ],
     )
+    not_finite = (
+        f"\n{', '.join(missing)}: not defined on this split (e.g. a class is absent), so left out.\n" if missing else ""
+    )
+    clinical = _clinical_rows(metrics, result.positive_class)
     per_class = metrics["per_class"]
     class_rows = "\n".join(
         f"| {name} | {per_class['precision'][i]:.3f} | {per_class['recall'][i]:.3f} | {per_class['f1'][i]:.3f} "
         f"| {per_class['support'][i]} |"
-        for i, name in enumerate(results["class_names"])
+        for i, name in enumerate(result.class_names)
     )
     doc = (strategy.__doc__ or "").strip().splitlines()[0]
     body = f"""
 # {repo_id.split("/")[-1]}
 
-{results["architecture"]} fine-tuned on **{Path(dataset_name).name}** ({", ".join(results["class_names"])}) with
-**{results["strategy"]}**: {strategy.summary}. {doc} ({strategy.reference}.) Trained with
+{result.architecture} fine-tuned on **{result.dataset_name}** ({", ".join(result.class_names)}) with
+**{result.strategy}**: {strategy.summary}. {doc} ({strategy.reference}.) Trained with
 [{PROJECT}](https://github.com/medft-hf/medft-hf), which implements the strategies compared by Davila, Colan &
 Hasegawa (2024), "Comparison of fine-tuning strategies for transfer learning in medical image classification",
 arXiv 2406.10050.
 
-## Results ({split} split, {results["num_examples"].get(split, "?")} images)
+## Results ({split} split, {result.num_examples.get(split, "?")} images)
 
 | metric | value |
 |---|---|
-{chr(10).join(f"| {METRIC_NAMES[m]} | {metrics[m]:.4f} |" for m in METRIC_NAMES)}
+{chr(10).join(f"| {METRICS[m]} | {metrics[m]:.4f}{_interval(metrics, m)} |" for m in finite)}
+{clinical}{not_finite}
 
 | class | precision | recall | F1 | support |
 |---|---|---|---|---|
 {class_rows}
 
-The best epoch was chosen on the validation split ({results["validation_source"]}); the test split was
+The best epoch was chosen on the validation split ({result.validation_source}); the test split was
 evaluated once. Figures: `training_curves.png`, `confusion_matrix.png`; everything above: `results.json`.
 
 ## Training set-up
 
-- Backbone: `{results["model"]}` ({results["architecture"]}), ImageNet-pretrained, new classification head.
-- Strategy settings: `{json.dumps(results["strategy_config"])}`.
-- Training augmentation: `{results.get("augmentation", "rrc")}` (see the medft-hf README).
-- Image size {results["image_size"]} px, {results["num_train_epochs"]:g} epochs, learning rate
-  {results["learning_rate"]:g}, seed {results["seed"]}, mixed precision: {results["mixed_precision"]}.
-- Hardware: {results["environment"]["device"]}; training time {results["train_runtime_s"]:.0f} s.
+- Backbone: `{result.model}` ({result.architecture}), ImageNet-pretrained, new classification head.
+- Strategy settings: `{json.dumps({k: v for k, v in result.strategy_config.items() if v is not None})}`.
+- Training augmentation: `{result.augmentation}` (see the medft-hf README).
+- Image size {result.image_size} px, {result.num_train_epochs:g} epochs, learning rate
+  {result.learning_rate:g}, seed {result.seed}, mixed precision: {result.mixed_precision}.
+- Hardware: {result.environment["device"]}; training time {result.train_runtime_s:.0f} s.
 
 ## How to use
 
@@ -155,6 +196,29 @@ labelling conventions need not resemble yours; its scores say nothing about perf
     return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body)
 
 
+def _interval(metrics: dict[str, Any], name: str) -> str:
+    interval = (metrics.get("intervals") or {}).get(name)
+    if not interval or not all(math.isfinite(v) for v in interval):
+        return ""
+    return f" (95% CI {interval[0]:.4f}–{interval[1]:.4f})"
+
+
+def _clinical_rows(metrics: dict[str, Any], positive: str | None) -> str:
+    """Calibration rows, and for a binary task sensitivity/specificity at the argmax and at the threshold chosen
+    on validation."""
+    rows = []
+    rows += [f"| {title} | {metrics[name]:.4f} |" for name, title in CALIBRATION.items() if name in metrics]
+    if "sensitivity" in metrics:
+        rows.append(f"| Sensitivity ({positive}), argmax | {metrics['sensitivity']:.4f} |")
+        rows.append(f"| Specificity, argmax | {metrics['specificity']:.4f} |")
+        if "at_threshold" in metrics:
+            at = metrics["at_threshold"]
+            rows.append(f"| Sensitivity at P({positive}) ≥ {at['threshold']:.3f} (chosen on validation) | "
+                        f"{at['sensitivity']:.4f} |")  # fmt: skip
+            rows.append(f"| Specificity at that threshold | {at['specificity']:.4f} |")
+    return "\n".join(rows) + ("\n" if rows else "")
+
+
 def _retrying(action, what: str, local: Path, later: str, attempts: int = 3, delay_s: float = 2.0):
     """Run `action()`, retrying server errors (5xx, 429) and network failures with exponential back-off; a refusal
     (4xx) or the last failure ends with where the files are and how to push them later."""
@@ -169,6 +233,8 @@ def _retrying(action, what: str, local: Path, later: str, attempts: int = 3, del
             last: Exception = error
         except (httpx.TransportError, OSError) as error:  # connection refused, reset, timed out
             last = error
+        except RuntimeError as error:  # hf_xet (the Xet upload path) reports its failures as RuntimeError
+            last = error
         if attempt < attempts:
             time.sleep(delay_s * 2 ** (attempt - 1))
     raise PushError(
@@ -181,7 +247,7 @@ def _short(error: Exception) -> str:
     return str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
 
 
-def push_model(output_dir: str | Path, repo_id: str, private: bool | None = None, license: str = "other",
+def push_model(output_dir: str | Path, repo_id: str, private: bool | None = None, license: str | None = None,
                delay_s: float = 2.0) -> str:  # fmt: skip
     """Push a finished run (model, results.json, figures, and a model card written now) to a model repo."""
     output_dir = Path(output_dir)
@@ -189,18 +255,25 @@ def push_model(output_dir: str | Path, repo_id: str, private: bool | None = None
     if not results_file.is_file():
         raise MedftError(f"{output_dir}: no {RESULTS_FILE}; only a finished run can be pushed.")
     check_push_ready(repo_id)
-    results = json.loads(results_file.read_text())
-    model_card(results, repo_id, license).save(output_dir / "README.md")
+    result = RunResult.load(results_file)
+    model_card(result, repo_id, license).save(output_dir / "README.md")
     api = HfApi()
     later = f"medft-push model {output_dir} --repo_id {repo_id}"
+    # results.json goes up without local paths; every other file as it is on disk.
+    operations = [
+        CommitOperationAdd(path_in_repo=file.name, path_or_fileobj=file)
+        for file in sorted(output_dir.iterdir())
+        if file.is_file() and file.name != RESULTS_FILE and any(fnmatch.fnmatch(file.name, p) for p in MODEL_FILES)
+    ]
+    published = json.dumps(publishable(result).to_dict(), indent=2, allow_nan=True).encode()
+    operations.append(CommitOperationAdd(path_in_repo=RESULTS_FILE, path_or_fileobj=published))
 
     def push() -> str:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.upload_folder(
+        commit = api.create_commit(
             repo_id=repo_id,
-            folder_path=output_dir,
-            allow_patterns=MODEL_FILES,
-            commit_message=f"{results['strategy']} on {Path(results['dataset']).name} ({PROJECT})",
+            operations=operations,
+            commit_message=f"{result.strategy} on {result.dataset_name} ({PROJECT})",
         )
         return commit.commit_url
 
@@ -242,21 +315,18 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="kind", required=True)
     model = sub.add_parser("model", help="a train.py output folder, as a model repo with a model card")
     model.add_argument("folder")
-    model.add_argument("--license", default="other", help="the model card's license (default: other)")
+    model.add_argument("--license", help="the model card's license (default: the backbone's, else other)")
     study = sub.add_parser("study", help="a medft-report folder, as a dataset repo")
     study.add_argument("folder")
     for command in (model, study):
         command.add_argument("--repo_id", required=True)
         command.add_argument("--private", action="store_true", default=None)
     args = parser.parse_args(argv)
-    try:
+    with exit_on_error():
         if args.kind == "model":
             url = push_model(args.folder, args.repo_id, args.private, args.license)
         else:
             url = push_study(args.folder, args.repo_id, args.private)
-    except MedftError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(3 if isinstance(error, PushError) else 2)
     print(f"pushed: {url}")
 
 

@@ -130,6 +130,18 @@ def architecture_layout(model_name_or_path: str) -> BlockLayout:
     return BlockLayout.from_timm(timm_model, TIMM_PREFIX, architecture)
 
 
+def pretrained_source(
+    model: TimmWrapperForImageClassification, model_name_or_path: str
+) -> tuple[str | None, str | None]:
+    """The Hub id the backbone's weights come from and their licence, from timm's own config: a local copy of
+    `timm/tf_efficientnet_lite0.in1k` still names it (architecture + pretrained tag), so the card links to it."""
+    cfg = model.config.pretrained_cfg or {}
+    if not Path(model_name_or_path).exists():
+        return model_name_or_path, cfg.get("license")
+    tag = cfg.get("tag")
+    return (f"timm/{model.config.architecture}.{tag}" if tag else None), cfg.get("license")
+
+
 def min_image_size(model: TimmWrapperForImageClassification) -> int:
     """The smallest input the architecture accepts: its total down-sampling (DenseNet-121 fails under 32 px)."""
     return int(model.timm_model.feature_info[-1]["reduction"])

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .errors import MedftError
-from .results import RESULTS_FILE
+from .errors import MedftError, exit_on_error
+from .results import CALIBRATION, METRICS, RESULTS_FILE, RunResult
 from .strategies import STRATEGIES
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
 SETTING_COLUMNS = ("learning_rate", "strategy_config", "augmentation")
 CASE = ["dataset", "backbone"]
 
@@ -29,7 +27,7 @@ CASE = ["dataset", "backbone"]
 def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A tidy table with one row per finished run, and one with one row per failed cell."""
     root = Path(root)
-    rows = [_row(json.loads(path.read_text()), path.parent, root) for path in sorted(root.rglob(RESULTS_FILE))]
+    rows = [_row(RunResult.load(path), path.parent, root) for path in sorted(root.rglob(RESULTS_FILE))]
     failed = []
     for path in sorted(root.rglob("failed.json")):
         if not (path.parent / RESULTS_FILE).exists():
@@ -40,25 +38,24 @@ def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(rows), pd.DataFrame(failed, columns=["cell", "error"])
 
 
-def _row(results: dict[str, Any], folder: Path, root: Path) -> dict[str, Any]:
+def _row(result: RunResult, folder: Path, root: Path) -> dict[str, Any]:
     row = {
         "run": str(folder.relative_to(root)),
-        "dataset": Path(results["dataset"]).name,
-        "backbone": results["architecture"],
-        "strategy": results["strategy"],
-        "seed": results["seed"],
-        "learning_rate": results["learning_rate"],
-        "strategy_config": json.dumps(results["strategy_config"], sort_keys=True),
-        # runs made before --augmentation existed used what is now called "rrc"
-        "augmentation": results.get("augmentation", "rrc"),
-        "image_size": results["image_size"],
-        "epochs": results["num_train_epochs"],
-        "train_runtime_s": results["train_runtime_s"],
-        "device": results["environment"]["device"],
+        "dataset": result.dataset_name,
+        "backbone": result.architecture,
+        "strategy": result.strategy,
+        "seed": result.seed,
+        "learning_rate": result.learning_rate,
+        "strategy_config": json.dumps(result.strategy_config, sort_keys=True),
+        "augmentation": result.augmentation,
+        "image_size": result.image_size,
+        "epochs": result.num_train_epochs,
+        "train_runtime_s": result.train_runtime_s,
+        "device": result.environment["device"],
     }
-    for split in ("validation", "test"):
-        for metric in METRICS:
-            row[f"{split}_{metric}"] = (results[split] or {}).get(metric, np.nan)
+    for split, metrics in (("validation", result.validation), ("test", result.test or {})):
+        for metric in (*METRICS, *CALIBRATION):  # calibration is NaN for runs made before it was recorded
+            row[f"{split}_{metric}"] = metrics.get(metric, np.nan)
     return row
 
 
@@ -204,10 +201,9 @@ def figures(root: Path, selected: pd.DataFrame, table: pd.DataFrame, metric: str
     first_case = selected.sort_values([*CASE, "seed"]).groupby("strategy").head(1)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for row in first_case.itertuples():
-        history = json.loads((root / row.run / RESULTS_FILE).read_text())["history"]
-        epochs = [h["epoch"] for h in history]
-        axes[0].plot(epochs, [h.get("train_loss", np.nan) for h in history], marker="o", label=row.strategy)
-        axes[1].plot(epochs, [h.get("validation", {}).get(metric, np.nan) for h in history], marker="o")
+        result = RunResult.load(root / row.run)
+        axes[0].plot(result.epochs, result.curve("train_loss"), marker="o", label=row.strategy)
+        axes[1].plot(result.epochs, result.curve("validation", metric), marker="o")
     axes[0].set(title="training loss", xlabel="epoch")
     axes[1].set(title=f"validation {metric}", xlabel="epoch")
     axes[0].legend(fontsize=8)
@@ -218,21 +214,21 @@ def figures(root: Path, selected: pd.DataFrame, table: pd.DataFrame, metric: str
     plt.close(fig)
     made.append("training_curves.png")
 
-    rgn = first_case[first_case["strategy"] == "auto_rgn"]
-    if not rgn.empty:
-        run = rgn.iloc[0]
-        history = json.loads((root / run.run / RESULTS_FILE).read_text())["strategy_state"]["history"]
-        grid = np.array([[*epoch["blocks"], epoch["head"]] for epoch in history]).T
+    for run in first_case.itertuples():  # what a strategy reports per epoch about itself (e.g. Auto-RGN's factors)
+        series = STRATEGIES[run.strategy].state_series(RunResult.load(root / run.run).strategy_state)
+        if not series:
+            continue
+        grid = np.array(list(series.values()))
         fig, ax = plt.subplots(figsize=(1.5 + 0.8 * grid.shape[1], 1 + 0.35 * grid.shape[0]))
         image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-        ax.set_yticks(range(grid.shape[0]), [f"block {i}" for i in range(grid.shape[0] - 1)] + ["head"])
+        ax.set_yticks(range(grid.shape[0]), list(series))
         ax.set_xticks(range(grid.shape[1]), [str(e + 1) for e in range(grid.shape[1])])
-        ax.set(xlabel="epoch", title=f"Auto-RGN rate factors (mean per block)\n{run.dataset} / {run.backbone}")
-        fig.colorbar(image, ax=ax, label="learning-rate factor")
+        ax.set(xlabel="epoch", title=f"{run.strategy}: per-epoch factors\n{run.dataset} / {run.backbone}")
+        fig.colorbar(image, ax=ax, label="factor")
         fig.tight_layout()
-        fig.savefig(out / "auto_rgn_factors.png", dpi=120)
+        fig.savefig(out / f"{run.strategy}_factors.png", dpi=120)
         plt.close(fig)
-        made.append("auto_rgn_factors.png")
+        made.append(f"{run.strategy}_factors.png")
     return made
 
 
@@ -316,14 +312,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="medft-report", description=__doc__.splitlines()[0])
     parser.add_argument("results", help="a folder with results.json files (e.g. the output of medft-benchmark)")
     parser.add_argument("--output_dir", required=True, help="where report.md, the tables and figures go")
-    parser.add_argument("--metric", default="balanced_accuracy", choices=METRICS)
+    parser.add_argument("--metric", default="balanced_accuracy", choices=list(METRICS))
     parser.add_argument("--command", default="", help="the command that produced the results, quoted in report.md")
     args = parser.parse_args(argv)
-    try:
+    with exit_on_error():
         report = write_report(args.results, args.output_dir, args.metric, args.command)
-    except MedftError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {report}")
 
 

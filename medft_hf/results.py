@@ -1,4 +1,5 @@
-"""What a run leaves in `--output_dir`, written so that a killed run never looks finished.
+"""What a run leaves in `--output_dir`, written so that a killed run never looks finished, and `RunResult`, the one
+typed record of `results.json` that every reader (model card, report, figures, Space, scripts) goes through.
 
 The model files are written to a temporary folder and renamed into place; `results.json` is written last,
 also by rename, so its presence means the run completed.
@@ -11,12 +12,100 @@ import os
 import platform
 import shutil
 import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .errors import MedftError
+
 RESULTS_FILE = "results.json"
+# The metric registry: every split's headline metrics (name -> display name), in the order tables show them.
+METRICS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "macro_f1": "Macro F1", "auroc": "AUROC"}
+CALIBRATION = {"ece": "ECE (top-label, 15 equal-width bins)", "brier": "Brier score"}
+Metrics = dict[str, Any]  # one split's output of the metric module: METRICS, CALIBRATION, per-class, intervals...
+
+
+@dataclass
+class RunResult:
+    """One finished run, as `results.json` holds it. Fields added later have defaults, so older runs still load."""
+
+    strategy: str
+    model: str
+    dataset: str
+    architecture: str
+    class_names: list[str]
+    strategy_config: dict[str, Any]
+    learning_rate: float
+    num_train_epochs: float
+    image_size: int
+    seed: int
+    validation: Metrics
+    test: Metrics | None
+    history: list[dict[str, Any]]
+    train_runtime_s: float
+    environment: dict[str, Any]
+    dataset_config: str | None = None
+    augmentation: str = "rrc"  # runs made before --augmentation used what is now called "rrc"
+    class_weights: str = "none"
+    modality: str | None = None
+    dataset_id: str | None = None
+    base_model_id: str | None = None
+    base_model_license: str | None = None
+    validation_source: str = "validation"
+    num_examples: dict[str, int] = field(default_factory=dict)
+    mixed_precision: str = "no"
+    positive_class: str | None = None
+    best_checkpoint: str | None = None
+    strategy_state: dict[str, Any] = field(default_factory=dict)
+    pushed_to: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise MedftError(f"{RESULTS_FILE} has unknown fields {unknown}: written by another tool or version?")
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise MedftError(f"{RESULTS_FILE} is incomplete ({error}).") from error
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunResult:
+        """From a run folder or its `results.json`."""
+        path = Path(path)
+        return cls.from_dict(json.loads((path / RESULTS_FILE if path.is_dir() else path).read_text()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, output_dir: str | Path) -> None:
+        write_json_atomic(Path(output_dir) / RESULTS_FILE, self.to_dict())
+
+    @property
+    def split(self) -> str:
+        """The split the headline metrics come from: test when there is one."""
+        return "test" if self.test else "validation"
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.test or self.validation
+
+    @property
+    def dataset_name(self) -> str:
+        return Path(self.dataset).name
+
+    def curve(self, key: str, metric: str | None = None) -> list[float]:
+        """Per epoch: a history value (`train_loss`, `learning_rate`, `trainable_parameters`), or with `metric`
+        a validation metric; NaN where an epoch lacks it."""
+        rows = [row.get(key) if metric is None else (row.get(key) or {}).get(metric) for row in self.history]
+        return [float("nan") if value is None else value for value in rows]
+
+    @property
+    def epochs(self) -> list[int]:
+        return [row["epoch"] for row in self.history]
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

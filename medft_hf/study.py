@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import logging
 import math
 import os
+import re
 import shutil
+import socket
 import sys
 import traceback
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -27,12 +32,13 @@ import yaml
 from tqdm.auto import tqdm
 
 from .checkpoints import latest_complete_checkpoint
-from .errors import MedftError
+from .errors import MedftError, exit_on_error
 from .modeling import architecture_layout
 from .results import RESULTS_FILE, is_finished_run, write_json_atomic
 from .strategies import STRATEGIES, build_strategy
 
 FAILED_FILE = "failed.json"
+LOCK_FILE = ".running"
 logger = logging.getLogger(__name__)
 
 
@@ -93,7 +99,7 @@ class Grid:
             if not named.is_file():
                 raise MedftError(f"grid {path}: no such file (nor a benchmark of that name in hub_configs/benchmarks).")
             path = named
-        spec = yaml.safe_load(path.read_text()) or {}
+        spec = yaml.load(path.read_text(), Loader=_GridLoader) or {}
         spec.setdefault("strategies", list(STRATEGIES))
         unknown_keys = set(spec) - {f for f in cls.__dataclass_fields__}
         if unknown_keys:
@@ -172,12 +178,10 @@ class Grid:
             points = [tuple(zip(sweep, values, strict=True)) for values in itertools.product(*sweep.values())]
             for point, seed in itertools.product(points, self.seeds):
                 cells.append(Cell(dataset, backbone, strategy, seed, point))
-        for key, allowed in (filters or {}).items():
-            cells = [cell for cell in cells if str(cell.as_dict().get(key)) in allowed]
-        return cells
+        return _filtered(cells, filters or {})
 
-    def argv(self, cell: Cell, output_dir: Path) -> list[str]:
-        """The train.py command line of one cell."""
+    def flags(self, cell: Cell, output_dir: Path) -> dict[str, Any]:
+        """The train.py arguments of one cell, typed as the grid file gives them."""
         dataset = self.entry("datasets", cell.dataset)
         flags: dict[str, Any] = {
             "strategy": cell.strategy,
@@ -191,16 +195,68 @@ class Grid:
             "seed": cell.seed,
             "output_dir": str(output_dir),
         }
+        return {key: value for key, value in flags.items() if value is not None}
+
+    def argv(self, cell: Cell, output_dir: Path) -> list[str]:
+        """The same arguments as a train.py command line, for people (--dry-run) and other schedulers."""
         return [
             item
-            for key, value in flags.items()
-            if value is not None
+            for key, value in self.flags(cell, output_dir).items()
             for item in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))
         ]
 
 
+class _GridLoader(yaml.SafeLoader):
+    """YAML as people write numbers: `1e-3` is a float (PyYAML's YAML 1.1 wants `1.0e-3`), since grid values go to
+    train.py typed, not as text."""
+
+
+_GridLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
+)
+
+
 def _lacks(entry: str | dict[str, Any], key: str) -> bool:
     return isinstance(entry, dict) and not ("name" in entry and key in entry)
+
+
+def _same(value: Any, text: str) -> bool:
+    """A cell's value equals a filter's text: numerically when both are numbers (1e-3 is 0.001), else as text."""
+    try:
+        return float(text) == float(value)
+    except (TypeError, ValueError):
+        return str(value).lower() == text.lower()
+
+
+def _filtered(cells: list[Cell], filters: dict[str, set[str]]) -> list[Cell]:
+    """The cells every filter admits; an unknown key or a value no cell has is refused, naming what exists."""
+    known = {key: {cell.as_dict().get(key) for cell in cells} for cell in cells for key in cell.as_dict()}
+    problems = []
+    for key, wanted in filters.items():
+        if key not in known:
+            problems.append(f"unknown key {key!r} (keys: {', '.join(sorted(known))})")
+            continue
+        unmatched = sorted(text for text in wanted if not any(_same(value, text) for value in known[key]))
+        if unmatched:
+            values = ", ".join(sorted(map(str, known[key] - {None})))
+            problems.append(f"{key}={'|'.join(unmatched)} matches no cell ({key} values: {values})")
+    if problems:
+        raise MedftError("--filter: " + "; ".join(problems) + ".")
+    return [
+        cell
+        for cell in cells
+        if all(any(_same(cell.as_dict().get(key), text) for text in wanted) for key, wanted in filters.items())
+    ]
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """`--shard i/n` (i from 0 to n-1, e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT) -> (i, n)."""
+    if text is None:
+        return 0, 1
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise MedftError(f"--shard {text}: expected i/n with 0 <= i < n, e.g. --shard 0/4.")
+    return int(index), int(count)
 
 
 def parse_filters(text: str | None) -> dict[str, set[str]]:
@@ -214,28 +270,94 @@ def parse_filters(text: str | None) -> dict[str, set[str]]:
     return filters
 
 
-def run_cell(grid: Grid, cell: Cell, root: Path) -> str:
-    """Run (or resume) one cell; returns "done", "skipped" or "failed". KeyboardInterrupt propagates."""
-    from .train import parse_args, run  # train imports the trainer stack; keep `--dry-run` light
+@contextmanager
+def cell_lock(output_dir: Path) -> Iterator[bool]:
+    """Hold `output_dir/.running` while this worker runs the cell; yields False when another live worker holds it,
+    so two workers on one output folder never run the same cell. A lock left by a dead process on this host is
+    taken over. Only single-process workers lock: the ranks of one `accelerate launch` job share their cells."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        yield True
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock = output_dir / LOCK_FILE
+    owner = {"host": socket.gethostname(), "pid": os.getpid()}
+    for _ in range(2):
+        try:
+            with os.fdopen(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY), "w") as handle:
+                json.dump(owner, handle)
+            break
+        except FileExistsError:
+            if _holder_alive(lock):
+                yield False
+                return
+            lock.unlink(missing_ok=True)  # its process died: the cell resumes here from its checkpoint
+    else:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.unlink(missing_ok=True)
 
+
+def _holder_alive(lock: Path) -> bool:
+    try:
+        holder = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return True  # being written right now
+    if holder.get("host") != socket.gethostname():
+        return True  # another machine's worker: trust it
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cell_status(root: Path, cell: Cell) -> str:
+    """done, failed, running or pending, from what the cell's folder holds."""
+    folder = root / cell.path
+    if is_finished_run(folder):
+        return "done"
+    if (folder / LOCK_FILE).exists():
+        return "running"
+    return "failed" if (folder / FAILED_FILE).exists() else "pending"
+
+
+def run_cell(grid: Grid, cell: Cell, root: Path) -> str:
+    """Run (or resume) one cell; returns "done", "skipped", "running elsewhere" or "failed". KeyboardInterrupt
+    propagates."""
     output_dir = root / cell.path
     if is_finished_run(output_dir):
         return "skipped"
+    with cell_lock(output_dir) as held:
+        if not held:
+            return "running elsewhere"
+        if is_finished_run(output_dir):  # finished by another worker between the check and the lock
+            return "skipped"
+        return _run_locked(grid, cell, output_dir)
+
+
+def _run_locked(grid: Grid, cell: Cell, output_dir: Path) -> str:
+    from .train import parse_dict, run  # train imports the trainer stack; keep `--dry-run` light
+
     (output_dir / FAILED_FILE).unlink(missing_ok=True)
-    argv = grid.argv(cell, output_dir)
+    flags = grid.flags(cell, output_dir)
     checkpoint = latest_complete_checkpoint(output_dir) if output_dir.exists() else None
     if checkpoint is not None:
         logger.info("Resuming %s from %s", cell.path, checkpoint.name)
-        argv += ["--resume_from_checkpoint", str(checkpoint)]
+        flags["resume_from_checkpoint"] = str(checkpoint)
     try:
-        run(*parse_args(argv))
+        run(*parse_dict(flags))
     except KeyboardInterrupt:
         raise
     except (Exception, SystemExit) as error:  # a failing cell (argparse exits too) is recorded; the grid goes on
         write_json_atomic(
             output_dir / FAILED_FILE,
             {**cell.as_dict(), "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(),
-             "argv": argv},
+             "flags": flags},
         )  # fmt: skip
         return "failed"
     return "done"
@@ -258,14 +380,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output_dir", help="where the cells go (default: runs/<grid name>)")
     parser.add_argument("--filter", help="run a subset, e.g. strategy=lpft|ft,dataset=breastmnist-local,seed=0")
     parser.add_argument("--dry-run", action="store_true", help="print the cells and their commands, run nothing")
+    parser.add_argument(
+        "--shard", help="run every n-th cell from the i-th, i/n with 0 <= i < n (e.g. a SLURM array task)"
+    )
+    parser.add_argument("--status", action="store_true", help="print each cell's state (done/failed/running/pending)")
     args = parser.parse_args(argv)
-    try:
+    with exit_on_error():
         grid = Grid.from_yaml(args.grid)
-        cells = grid.cells(parse_filters(args.filter))
-    except MedftError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        index, count = parse_shard(args.shard)
+        cells = grid.cells(parse_filters(args.filter))[index::count]
     root = Path(args.output_dir or f"runs/{grid.name}")
+    if args.status:
+        states = Counter()
+        for cell in cells:
+            state = cell_status(root, cell)
+            states[state] += 1
+            print(f"{state:<8} {cell.path}")
+        print(", ".join(f"{states[s]} {s}" for s in ("done", "failed", "running", "pending")) + f" of {len(cells)}")
+        return
     if args.dry_run:
         for cell in cells:
             print(f"{cell.path}\n    train.py {' '.join(grid.argv(cell, root / cell.path))}")

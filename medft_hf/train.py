@@ -11,28 +11,31 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from argparse import RawDescriptionHelpFormatter
+from argparse import SUPPRESS, RawDescriptionHelpFormatter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import transformers
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArguments, set_seed
 
 from . import metrics as metrics_lib
 from .checkpoints import load_checkpoint_state, resolve_checkpoint
 from .data import AUGMENTATIONS, DEFAULT_AUGMENTATION, ImageClassificationDataset, build_transforms, load_splits
-from .errors import MedftError
+from .errors import MedftError, exit_on_error
 from .figures import run_figures
-from .hub import PushError, check_push_ready, push_model
-from .modeling import DEFAULT_MODEL, BlockLayout, load_model, min_image_size, record_input_config
-from .results import (
-    RESULTS_FILE,
-    environment,
-    epoch_history,
-    is_finished_run,
-    save_model_atomic,
-    write_json_atomic,
+from .hub import check_push_ready, push_model
+from .losses import inverse_frequency_weights, weighted_cross_entropy
+from .modeling import (
+    DEFAULT_MODEL,
+    BlockLayout,
+    load_model,
+    min_image_size,
+    pretrained_source,
+    record_input_config,
 )
+from .results import RESULTS_FILE, RunResult, environment, epoch_history, is_finished_run, save_model_atomic
 from .strategies import STRATEGIES, build_strategy, coinciding_strategies, strategy_config_classes
 from .trainer import StrategyTrainer
 
@@ -53,6 +56,13 @@ class ModelArguments:
         default=None,
         metadata={"help": "Train and evaluate at this size (default: the backbone's pretrained input size)."},
     )
+    base_model_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "The Hub id of the backbone, for the model card when --model is a local copy (default: from "
+            "the backbone's timm config, e.g. timm/tf_efficientnet_lite0.in1k)."
+        },
+    )
 
 
 @dataclass
@@ -65,6 +75,10 @@ class DataArguments:
         },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "The dataset's config name, if any."})
+    dataset_id: str | None = field(
+        default=None,
+        metadata={"help": "The dataset's Hub id, for the model card when --dataset is a local copy."},
+    )
     image_column: str | None = field(default=None, metadata={"help": "Default: the first Image column."})
     label_column: str | None = field(default=None, metadata={"help": "Default: the first ClassLabel column."})
     val_fraction: float = field(
@@ -77,13 +91,29 @@ class DataArguments:
     augmentation: str = field(
         default=DEFAULT_AUGMENTATION,
         metadata={
-            "help": "Training augmentation: 'light' (random resized crop of 85-100%, no aspect change, flip), "
-            "'rrc' (crop of 50-100%, aspect 3/4-4/3, flip) or 'none'. No colour or intensity jitter.",
+            "help": "Training augmentation: 'light' (random resized crop of 85-100 percent of the area, no aspect "
+            "change, flip), 'rrc' (crop of 50-100 percent, aspect 3/4-4/3, flip) or 'none'. No colour or intensity "
+            "jitter.",
             "choices": list(AUGMENTATIONS),
         },
     )
     modality: str | None = field(
         default=None, metadata={"help": "Imaging modality (X-ray, MRI, histology, ...), for the model card's tags."}
+    )
+    positive_class: str | None = field(
+        default=None,
+        metadata={
+            "help": "Binary tasks: the class whose recall is the sensitivity (e.g. the disease). Default: the second "
+            "class (label 1)."
+        },
+    )
+    class_weights: str = field(
+        default="none",
+        metadata={
+            "help": "'auto': weight the loss by inverse class frequency in train (every class counts equally); "
+            "'none': plain cross-entropy.",
+            "choices": ["none", "auto"],
+        },
     )
 
 
@@ -109,6 +139,16 @@ class MedftTrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = "balanced_accuracy"
     greater_is_better: bool | None = True
     remove_unused_columns: bool = False
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop after this many evaluations without a better validation score; the best epoch is "
+            "restored (transformers' EarlyStoppingCallback)."
+        },
+    )
+    bootstrap_resamples: int = field(
+        default=1000, metadata={"help": "Bootstrap resamples for the test metrics' 95 percent intervals (0: none)."}
+    )
 
     def __post_init__(self):
         # Checked before transformers' own set-up, which would fail later with a raw traceback (or not at all).
@@ -122,6 +162,8 @@ class MedftTrainingArguments(TrainingArguments):
                 ("gradient_accumulation_steps", ">=", 1),
                 ("weight_decay", ">=", 0),
                 ("warmup_ratio", ">=", 0),
+                ("early_stopping_patience", ">=", 1),
+                ("bootstrap_resamples", ">=", 0),
             )
             for value in [getattr(self, name, None)]
             if value is not None and not (value > limit if relation == ">" else value >= limit)
@@ -131,21 +173,56 @@ class MedftTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
-def parse_args(argv: list[str] | None = None):
+class HelpFormatter(RawDescriptionHelpFormatter):
+    """The epilog as written, and every flag's default after its help (where it has one)."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _parser() -> HfArgumentParser:
     epilog = "strategies:\n" + "\n".join(
         f"  {name:<9} {cls.summary}\n  {'':<9} ({cls.reference})" for name, cls in STRATEGIES.items()
     )
-    parser = HfArgumentParser(
+    return HfArgumentParser(
         [ModelArguments, DataArguments, *strategy_config_classes(), MedftTrainingArguments],
         description=__doc__,
         epilog=epilog,
-        formatter_class=RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    model_args, data_args, *strategy_configs, training_args = parser.parse_args_into_dataclasses(args=argv)
+
+
+def parse_dict(flags: dict[str, Any]):
+    """The arguments of `parse_args`, from typed values (a study cell, a search trial) instead of a command line."""
+    try:
+        model_args, data_args, *strategy_configs, training_args = _parser().parse_dict(flags)
+    except ValueError as error:  # an argument no dataclass has
+        raise MedftError(f"{error}. See `train.py --help` for the arguments.") from error
     return model_args, data_args, strategy_configs, training_args
 
 
-def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, training_args) -> dict:
+def parse_args(argv: list[str] | None = None):
+    parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
+        # Like transformers' examples: every argument from one file (`python train.py recipe.yaml`).
+        if not Path(argv[0]).is_file():
+            raise MedftError(f"{argv[0]}: no such file of arguments.")
+        read = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
+        try:
+            parsed = read(argv[0])
+        except (TypeError, ValueError) as error:  # an unknown key, or a value of the wrong type
+            raise MedftError(f"{argv[0]}: {error}") from error
+    else:
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, *strategy_configs, training_args = parsed
+    return model_args, data_args, strategy_configs, training_args
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, training_args) -> RunResult:
     """Train and evaluate one model; returns what it writes to `results.json`."""
     strategy_cls = STRATEGIES[model_args.strategy]
     config = next((c for c in strategy_configs if type(c) is strategy_cls.config_class), strategy_cls.config_class())
@@ -158,6 +235,16 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         )
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, output_dir)
     # We push once, at the end, with a model card (not the Trainer's pushes of every checkpoint).
+    unused = [
+        f"--{name}"
+        for name, default in (("hub_strategy", "every_save"), ("hub_token", None), ("hub_revision", None))
+        if getattr(getattr(training_args, name), "value", getattr(training_args, name)) != default
+    ]
+    if unused:
+        raise MedftError(
+            f"{', '.join(unused)}: not used by medft-hf, which pushes once, at the end, with a model card, to the main "
+            "branch, using the token of HF_TOKEN or `hf auth login`. Drop the flag."
+        )
     push_to = training_args.hub_model_id if training_args.push_to_hub else None
     if training_args.push_to_hub:
         check_push_ready(push_to)
@@ -174,6 +261,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         data_args.max_train_samples,
         seed=training_args.seed,
     )
+    positive_label = positive_label_of(data_args.positive_class, splits.class_names)
     model = load_model(model_args.model, splits.class_names)
     image_size = model_args.image_size or model.config.pretrained_cfg["input_size"][-1]
     if image_size < min_image_size(model):
@@ -184,6 +272,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             min_image_size(model),
         )
         image_size = min_image_size(model)
+    base_model_id, base_model_license = pretrained_source(model, model_args.model)
     record_input_config(model, image_size)
     train_transform, eval_transform = build_transforms(model.timm_model, image_size, data_args.augmentation)
 
@@ -207,9 +296,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             strategy.name,
             " and ".join(alike),
         )
-    if training_args.ddp_find_unused_parameters is None:
-        # Frozen tensors get no gradient; DDP must be told so instead of waiting for them.
-        training_args.ddp_find_unused_parameters = strategy.changes_trainable_set
+    model = strategy.prepare_model(model)
 
     # 3. Train (or resume); the best epoch is chosen on validation.
     identity = {
@@ -223,15 +310,24 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         "num_train_epochs": training_args.num_train_epochs,
         "image_size": image_size,
         "augmentation": data_args.augmentation,
+        "class_weights": data_args.class_weights,
     }
     # A checkpoint of another run is refused here, before anything is written.
     saved_state = load_checkpoint_state(checkpoint, identity) if checkpoint else None
+    loss = None
+    if data_args.class_weights == "auto":
+        weights = inverse_frequency_weights(np.asarray(splits.train[splits.label_column]), len(splits.class_names))
+        loss = weighted_cross_entropy(weights)
     trainer = StrategyTrainer(
         model=model,
         args=training_args,
         train_dataset=train_set,
         eval_dataset=validation_set,
         compute_metrics=metrics_lib.metrics_for_trainer(),
+        compute_loss_func=loss,
+        callbacks=[EarlyStoppingCallback(training_args.early_stopping_patience)]
+        if training_args.early_stopping_patience
+        else None,
         strategy=strategy,
         run_identity=identity,
     )
@@ -239,61 +335,82 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         trainer.restore_strategy_state(saved_state)
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
-    # 4. Evaluate the chosen model: validation, then the test split once.
+    # 4. Evaluate the chosen model: validation, then the test split once. A binary task's decision threshold is
+    # chosen on validation (Youden's J) and only applied to test.
     metric = metrics_lib.load_metric()
+    validation_prediction = trainer.predict(validation_set)
+    binary = {}
+    if len(splits.class_names) == 2:
+        threshold = metrics_lib.youden_threshold(
+            validation_prediction.predictions, validation_prediction.label_ids, positive_label
+        )
+        binary = {"positive_label": positive_label, "threshold": threshold}
 
-    def evaluate(dataset):
-        prediction = trainer.predict(dataset)
+    def evaluate(prediction, **options):
         return metrics_lib.compute_classification_metrics(
-            prediction.predictions, prediction.label_ids, per_class=True, metric=metric
+            prediction.predictions, prediction.label_ids, per_class=True, metric=metric, **binary, **options
         )
 
-    results = {
+    test_metrics = None
+    if test_set is not None:
+        test_metrics = evaluate(
+            trainer.predict(test_set), bootstrap_resamples=training_args.bootstrap_resamples, seed=training_args.seed
+        )
+
+    result = RunResult(
         **identity,
-        "modality": data_args.modality,
-        "architecture": model.config.architecture,
-        "validation_source": splits.validation_source,
-        "num_examples": {
-            "train": len(train_set),
-            "validation": len(validation_set),
-            "test": len(test_set or []),
-        },
-        "seed": training_args.seed,
-        "mixed_precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
-        "validation": evaluate(validation_set),
-        "test": evaluate(test_set) if test_set is not None else None,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "history": epoch_history(trainer.state.log_history, trainer.trainable_per_epoch),
-        "strategy_state": strategy.state_dict(),
-        "train_runtime_s": train_output.metrics["train_runtime"],
-        "environment": environment(),
-    }
+        modality=data_args.modality,
+        dataset_id=data_args.dataset_id,
+        base_model_id=model_args.base_model_id or base_model_id,
+        base_model_license=base_model_license,
+        architecture=model.config.architecture,
+        validation_source=splits.validation_source,
+        num_examples={"train": len(train_set), "validation": len(validation_set), "test": len(test_set or [])},
+        seed=training_args.seed,
+        mixed_precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
+        positive_class=splits.class_names[positive_label] if binary else None,
+        validation=evaluate(validation_prediction),
+        test=test_metrics,
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        history=epoch_history(trainer.state.log_history, trainer.trainable_per_epoch),
+        strategy_state=strategy.state_dict(),
+        train_runtime_s=train_output.metrics["train_runtime"],
+        environment=environment(),
+    )
 
     # 5. Save: model and figures first, results.json last (its presence marks a finished run); then push.
     if trainer.is_world_process_zero():
-        save_model_atomic(trainer.model, output_dir)
-        run_figures(results, output_dir)
-        write_json_atomic(output_dir / RESULTS_FILE, results)
+        save_model_atomic(strategy.export_model(trainer.model), output_dir)
+        run_figures(result, output_dir)
+        result.save(output_dir)
         if push_to:
-            results["pushed_to"] = push_model(output_dir, push_to, private=training_args.hub_private_repo)
-    return results
+            result.pushed_to = push_model(output_dir, push_to, private=training_args.hub_private_repo)
+    return result
+
+
+def positive_label_of(positive_class: str | None, class_names: list[str]) -> int:
+    """The label sensitivity is measured on: --positive_class by name, else label 1."""
+    if positive_class is None:
+        return 1
+    if len(class_names) != 2:
+        raise MedftError(f"--positive_class applies to binary tasks; this dataset has {len(class_names)} classes.")
+    if positive_class not in class_names:
+        raise MedftError(f"--positive_class {positive_class}: not a class of this dataset ({', '.join(class_names)}).")
+    return class_names.index(positive_class)
 
 
 def main(argv: list[str] | None = None) -> None:
     transformers.utils.logging.set_verbosity_warning()
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
+    with exit_on_error():
         model_args, data_args, strategy_configs, training_args = parse_args(argv)
         if training_args.output_dir in (None, "trainer_output"):
             training_args.output_dir = f"outputs/{model_args.strategy}"
-        results = run(model_args, data_args, strategy_configs, training_args)
-    except MedftError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(3 if isinstance(error, PushError) else 2)
-    test = results["test"] or results["validation"]
+        result = run(model_args, data_args, strategy_configs, training_args)
+    metrics = result.metrics
     print(
-        f"{results['strategy']}: test balanced accuracy {test['balanced_accuracy']:.4f}, AUROC {test['auroc']:.4f}; "
-        f"saved to {training_args.output_dir}"
+        f"{result.strategy}: {result.split} balanced accuracy {metrics['balanced_accuracy']:.4f}, AUROC "
+        f"{metrics['auroc']:.4f}; saved to {training_args.output_dir}"
     )
 
 

@@ -32,6 +32,9 @@ class StrategyTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.strategy = strategy
         self.strategy.num_epochs = math.ceil(self.args.num_train_epochs)
+        if self.args.ddp_find_unused_parameters is None:
+            # Frozen tensors get no gradient; DDP must be told so instead of waiting for them.
+            self.args.ddp_find_unused_parameters = strategy.changes_trainable_set
         self.strategy.setup(self.model)
         self.run_identity = run_identity or {"strategy": strategy.name}
         self.trainable_per_epoch: dict[int, int] = {}
@@ -58,6 +61,10 @@ class StrategyTrainer(Trainer):
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
             groups = self.strategy.param_groups(model, self.args.weight_decay)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            # A group's `lr_scale` (timm's convention, e.g. layer-wise decay) scales its rate before any scheduler
+            # reads it, so warm-up and decay apply on top whatever --lr_scheduler_type is.
+            for group in self.optimizer.param_groups:
+                group["lr"] *= group.get("lr_scale", 1.0)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
@@ -135,6 +142,8 @@ class StrategyTrainer(Trainer):
             if self.strategy.resets_optimizer_state or new_phase:
                 self.optimizer.state.clear()
         self.trainable_per_epoch[epoch] = count_trainable(model)
+        # To every --report_to integration (TensorBoard, Trackio, ...): what the strategy does this epoch.
+        self.log({"trainable_parameters": float(self.trainable_per_epoch[epoch]), **self.strategy.epoch_signals()})
 
     def _apply_lr_scales(self, scales: list[float]) -> None:
         """Multiply each group's scheduled rate by its factor: base_lrs carry the factors, so every later

@@ -8,12 +8,11 @@ The token comes from HF_TOKEN or `hf auth login`; it is never printed.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi
 
-from medft_hf.errors import MedftError
+from medft_hf.errors import exit_on_error
 from medft_hf.hub import check_push_ready
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,11 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--space", default=str(ROOT / "spaces" / "medft-demo"))
     parser.add_argument("--private", action="store_true", default=None)
     args = parser.parse_args(argv)
-    try:
+    with exit_on_error():
         print(f"pushed: {push_space(args.repo_id, Path(args.space), args.private)}")
-    except MedftError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

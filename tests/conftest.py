@@ -122,11 +122,13 @@ def make_trainer(
     settings.update({k: flags.pop(k) for k in list(flags) if hasattr(MedftTrainingArguments, k)})
     args = MedftTrainingArguments(**settings)
     config_class = STRATEGIES[strategy].config_class
+    built = build_strategy(strategy, config_class(**flags), BlockLayout.from_model(model), epochs)
+    model = built.prepare_model(model)
     trainer = StrategyTrainer(
         model=model,
         args=args,
         train_dataset=ImageClassificationDataset(splits.train, "image", "label", train_tf, "train", seed=0),
-        strategy=build_strategy(strategy, config_class(**flags), BlockLayout.from_model(model), epochs),
+        strategy=built,
     )
     snapshots = Snapshots(model)
     trainer.add_callback(snapshots)

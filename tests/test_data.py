@@ -11,8 +11,9 @@ import torch
 from conftest import CLASS_NAMES, make_images, write_hub_dataset
 from PIL import Image
 
-from medft_hf.data import ImageClassificationDataset, load_splits, to_rgb
+from medft_hf.data import ImageClassificationDataset, load_splits
 from medft_hf.errors import MedftError
+from medft_hf.images import to_rgb
 from medft_hf.metrics import compute_classification_metrics
 
 

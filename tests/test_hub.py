@@ -13,12 +13,13 @@ import hub_server as hub_server_module
 import pytest
 import timm
 import torch
-from huggingface_hub import DatasetCard, ModelCard
+from huggingface_hub import DatasetCard, HfApi, ModelCard
 from test_train import ROOT, train
 from transformers import AutoModelForImageClassification, pipeline
 
 from medft_hf.errors import MedftError
 from medft_hf.hub import PushError, check_push_ready, model_card, push_model, push_study
+from medft_hf.results import RunResult
 
 
 @pytest.fixture
@@ -66,13 +67,15 @@ def test_model_card_metadata_equals_results_json(tmp_path):
                "num_examples": {"test": 15}, "strategy_config": {"lp_epochs": None}, "image_size": 224,
                "num_train_epochs": 10.0, "learning_rate": 1e-3, "seed": 0, "mixed_precision": "bf16",
                "environment": {"device": "CPU (2 cores)"}, "train_runtime_s": 12.0, "validation": metrics,
-               "test": metrics}  # fmt: skip
-    card = model_card(results, "me/densenet121-lpft-chest-xray")
+               "test": metrics, "history": []}  # fmt: skip
+    card = model_card(RunResult.from_dict(results), "me/densenet121-lpft-chest-xray")
     card.save(tmp_path / "README.md")
     parsed = ModelCard.load(tmp_path / "README.md")
     assert parsed.data.base_model == "timm/densenet121.tv_in1k"
     assert parsed.data.datasets == ["someone/chest-xray"]
     assert parsed.data.pipeline_tag == "image-classification"
+    assert parsed.data.license == "other", "no licence known for the weights"
+    assert parsed.data.license_name and parsed.data.license_link == "https://huggingface.co/timm/densenet121.tv_in1k"
     assert {"medical-imaging", "X-ray", "lpft", "medft-hf"} <= set(parsed.data.tags)
     assert {r.metric_type: r.metric_value for r in parsed.data.eval_results} == {
         k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
@@ -99,6 +102,31 @@ def pushed(hub_server, tiny_model, tiny_dataset, tmp_path):
 
 def _local_hashes(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_card_from_a_local_copy_names_the_hub_sources_and_no_pushed_file_holds_a_local_path(
+    hub_server, tiny_model, tiny_dataset, tmp_path
+):
+    output_dir = tmp_path / "run"
+    train(tiny_model, tiny_dataset, output_dir, "--strategy", "lp", "--dataset_id", "someone/tiny-xray",
+          "--base_model_id", "timm/test_efficientnet.r160_in1k", "--num_train_epochs", "1")  # fmt: skip
+    results = json.loads((output_dir / "results.json").read_text())
+    results["test"]["auroc"] = float("nan")  # a class absent from a split leaves AUROC undefined
+    (output_dir / "results.json").write_text(json.dumps(results))
+    push_model(output_dir, "tester/from-local", delay_s=0)
+    card = ModelCard.load("tester/from-local")
+    assert ModelCard(str(card)).data.to_dict() == card.data.to_dict(), "the metadata survives a parse round trip"
+    assert card.data.base_model == "timm/test_efficientnet.r160_in1k"
+    assert card.data.datasets == ["someone/tiny-xray"]
+    assert card.data.license == "apache-2.0", "the licence of the backbone's weights, from its timm config"
+    assert {r.dataset_type for r in card.data.eval_results} == {"someone/tiny-xray"}
+    assert "auroc" not in {r.metric_type for r in card.data.eval_results}
+    assert "AUROC: not defined on this split" in card.content
+    assert "ECE (top-label, 15 equal-width bins)" in card.content and "95% CI" in card.content
+    assert "null" not in card.content.split("Strategy settings:")[1].splitlines()[0]
+    for local in {str(tmp_path), str(tiny_model), str(tiny_dataset), "/tmp/"}:
+        for name in hub_server.list_files("tester/from-local"):
+            assert local.encode() not in hub_server.read_file("tester/from-local", name), f"{local} is in {name}"
 
 
 def test_a_pushed_model_loads_three_ways_with_the_local_predictions(pushed, hub_server, tiny_dataset):
@@ -151,6 +179,20 @@ def test_server_errors_are_retried_then_reported_with_local_files_intact(pushed,
     assert {k: v for k, v in after.items() if k != "README.md"} == {k: v for k, v in before.items() if k != "README.md"}
 
 
+def test_an_error_from_the_xet_upload_path_ends_as_the_same_clear_push_failure(pushed, monkeypatch):
+    output_dir, _ = pushed
+    before = _local_hashes(output_dir)
+
+    def xet_failure(*args, **kwargs):
+        raise RuntimeError("Data processing error: CAS service error : Reqwest Error")  # as hf_xet raises them
+
+    monkeypatch.setattr(HfApi, "create_commit", xet_failure)
+    with pytest.raises(PushError, match=r"failed after 3 attempts \(RuntimeError: Data processing error.*safe in"):
+        push_model(output_dir, "tester/xet", delay_s=0)
+    after = _local_hashes(output_dir)
+    assert {k: v for k, v in after.items() if k != "README.md"} == {k: v for k, v in before.items() if k != "README.md"}
+
+
 def test_a_connection_dropped_mid_push_is_retried_and_the_cli_exit_code_says_when_it_failed(pushed, hub_server):
     output_dir, _ = pushed
     hub_server.drop_next(1)
@@ -190,6 +232,6 @@ def test_the_space_is_created_and_uploaded(hub_server):
     assert result.returncode == 0, result.stderr[-2000:]
     files = set(hub_server.list_files("tester/demo", "space"))
     assert {"app.py", "README.md", "requirements.txt", "models.yaml", "medft_hf/__init__.py",
-            "medft_hf/hub_configs/strategies/lpft.yaml", "examples/chest-xray-pneumonia.png"} <= files  # fmt: skip
+            "medft_hf/hub_configs/benchmarks/cpu.yaml", "examples/chest-xray-pneumonia.png"} <= files  # fmt: skip
     readme = hub_server.read_file("tester/demo", "README.md", "space").decode()
     assert "sdk: gradio" in readme and "app_file: app.py" in readme

@@ -46,6 +46,7 @@ def space_config(tiny_model, tiny_dataset, tmp_path_factory) -> Path:
     for strategy in ("ft", "lpft"):
         train(tiny_model, tiny_dataset, folder / strategy, "--strategy", strategy)
         models.append({"name": strategy.upper(), "source": str(folder / strategy)})
+    models.append({"name": "broken", "source": str(folder / "no-such-model")})  # must not stop the others
     for seed in range(2):
         for strategy, score in (("ft", 0.6), ("lpft", 0.7)):
             write_result(folder / "study_runs", "d", strategy, seed, 1e-3, 0.5, score + 0.01 * seed)
@@ -86,7 +87,7 @@ def client(space_url) -> Client:
 
 
 def _models(space_config: Path) -> list[str]:
-    return [entry["name"] for entry in yaml.safe_load(space_config.read_text())["models"]]
+    return [entry["name"] for entry in yaml.safe_load(space_config.read_text())["models"] if entry["name"] != "broken"]
 
 
 def _png(path: Path, array: np.ndarray, mode: str | None = None) -> str:
@@ -194,8 +195,6 @@ def test_the_pages_work_in_a_real_browser(space_url, tmp_path):
 
 
 def test_the_study_tab_reads_a_hub_dataset_repo(hub_server, tmp_path):
-    import importlib.util
-
     from medft_hf.hub import push_study
 
     for seed in range(2):
@@ -203,11 +202,96 @@ def test_the_study_tab_reads_a_hub_dataset_repo(hub_server, tmp_path):
         write_result(tmp_path / "runs", "d", "lpft", seed, 1e-3, 0.5, 0.7)
     write_report(tmp_path / "runs", tmp_path / "report")
     push_study(tmp_path / "report", "tester/study", delay_s=0)
-    spec = importlib.util.spec_from_file_location("space_app", APP)
-    app = importlib.util.module_from_spec(spec)
-    sys.modules["space_app"] = app  # dataclasses look their module up there
-    spec.loader.exec_module(app)
-    text, heatmap = app.load_study("tester/study")
+    text, heatmap = _app().load_study("tester/study")
     assert "## Test results" in text and "| d | net |" in text
     assert "pretty_name" not in text, "the card's metadata block is not shown"
     assert Path(heatmap).name == "delta_vs_ft.png"
+
+
+# ---- what the Space computes, in-process ----------------------------------------------------------------------
+def _app():
+    """The Space's app.py as a module (it is a script beside the package, not part of it)."""
+    import importlib.util
+
+    if "space_app" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("space_app", APP)
+        app = importlib.util.module_from_spec(spec)
+        sys.modules["space_app"] = app  # dataclasses look their module up there
+        spec.loader.exec_module(app)
+    return sys.modules["space_app"]
+
+
+@pytest.fixture(scope="module")
+def breastmnist_model(tiny_model, tmp_path_factory) -> Path:
+    """A model trained by train.py on the real (bundled) BreastMNIST, at 32 px: not the architecture's default size."""
+    folder = tmp_path_factory.mktemp("breastmnist_model")
+    train(tiny_model, None, folder, "--strategy", "ft", "--num_train_epochs", "1", "--modality", "ultrasound")
+    return folder
+
+
+def test_the_space_predicts_what_pipeline_predicts_on_20_real_images(breastmnist_model):
+    import datasets
+    from transformers import pipeline
+
+    from medft_hf.data import bundled_dataset_path
+
+    served = _app().ServedModel.load(str(breastmnist_model))
+    classifier = pipeline("image-classification", model=str(breastmnist_model), device="cpu")
+    images = datasets.load_dataset(bundled_dataset_path(), split="test").select(range(20))["image"]
+    for image in images:
+        labels, _ = served.predict(image.convert("RGB"))
+        expected = {p["label"]: p["score"] for p in classifier(image.convert("RGB"), top_k=None)}
+        assert labels == pytest.approx(expected, abs=1e-5)
+    assert served.pixels(images[0].convert("RGB")).shape[-1] == 32, "the size the model was trained at"
+
+
+def test_a_12_bit_upload_reaches_the_model_unclipped(breastmnist_model, tmp_path):
+    from gradio.data_classes import FileData
+
+    ramp = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (64, 1))  # a 12-bit ramp in a 16-bit PNG
+    path = _png(tmp_path / "ramp.png", ramp)
+    app = _app()
+    received = app.ImageInput(type="filepath", image_mode=None).preprocess(FileData(path=path))
+    served = app.ServedModel.load(str(breastmnist_model))
+    seen = served.seen(served.pixels(app.read_image(received)))[..., 0]
+    assert seen.min() < 0.02 and seen.max() > 0.98, "the full range reaches the model"
+    assert (seen > 0.98).mean() < 0.1, "not saturated (gr.Image's default 8-bit conversion saturated 94%)"
+    assert np.all(np.diff(seen.mean(axis=0)) >= -1e-3), "still a ramp"
+
+
+def test_concurrent_requests_get_the_heatmaps_of_sequential_ones(breastmnist_model, inputs):
+    app = _app()
+    served = app.ServedModel.load(str(breastmnist_model))
+    images = [app.read_image(inputs["rgb"]), app.read_image(inputs["gray"])] * 4
+    sequential = [served.predict(image)[1] for image in images]
+    with ThreadPoolExecutor(len(images)) as pool:
+        concurrent = list(pool.map(lambda image: served.predict(image)[1], images))
+    for one, other in zip(sequential, concurrent, strict=True):
+        np.testing.assert_array_equal(one, other)
+
+
+def test_a_broken_entry_is_listed_as_unavailable_and_the_others_serve(space_url, breastmnist_model, tmp_path):
+    served, unavailable = _app().load_models(
+        [{"name": "good", "source": str(breastmnist_model)}, {"name": "typo", "source": str(tmp_path / "nope")}]
+    )
+    assert [m.name for m in served] == ["good"]
+    assert set(unavailable) == {"typo"}
+    page = urllib.request.urlopen(space_url + "config", timeout=10).read().decode()
+    assert "**broken** is unavailable" in page, "the running Space (with a broken entry) says so and serves"
+
+
+def test_examples_of_another_domain_are_flagged(breastmnist_model):
+    served = _app().ServedModel.load(str(breastmnist_model))
+    examples = Path(APP).parent / "examples"
+    assert served.domain_warning(str(examples / "chest-xray-pneumonia.png")).startswith("This example is a X-ray")
+    assert served.domain_warning(str(examples / "breast-ultrasound-benign.png")) is None
+
+
+def test_the_app_imports_only_what_serving_needs():
+    probe = (
+        "import sys, importlib.util; spec = importlib.util.spec_from_file_location('app', sys.argv[1]); "
+        "app = sys.modules['app'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(app); "
+        "print(sorted(m for m in ('datasets', 'evaluate', 'medft_hf.train', 'medft_hf.data') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe, str(APP)], cwd=ROOT, capture_output=True, text=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr[-2000:]

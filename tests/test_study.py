@@ -72,6 +72,83 @@ def test_filters_and_sweeps_make_the_expected_cells():
     assert argv[argv.index("--learning_rate") + 1] in ("0.001", "0.003")
 
 
+def test_filters_refuse_unknown_keys_and_values_and_compare_numbers_as_numbers():
+    grid = Grid.from_yaml("cpu")
+    assert {dict(c.sweep)["learning_rate"] for c in grid.cells(parse_filters("learning_rate=1e-3"))} == {0.001}
+    with pytest.raises(MedftError, match=r"unknown key 'stratgy' \(keys: .*strategy"):
+        grid.cells(parse_filters("stratgy=ft"))
+    with pytest.raises(MedftError, match=r"strategy=lqft matches no cell \(strategy values: .*lpft"):
+        grid.cells(parse_filters("strategy=lqft|ft"))
+    with pytest.raises(MedftError, match=r"learning_rate=0.01 matches no cell"):
+        grid.cells(parse_filters("learning_rate=0.01"))
+
+
+def test_cells_reach_train_py_typed_not_as_text(tmp_path):
+    from medft_hf.train import parse_dict
+
+    path = tmp_path / "typed.yaml"
+    path.write_text("name: typed\nstrategies: [l2sp]\nbackbones: [efficientnet-lite0-local]\n"
+                    "datasets: [breastmnist-local]\nseeds: [0]\ntraining: {learning_rate: 1e-3, use_cpu: true}\n"
+                    "sweep: {sp_alpha: [1e-2, 0.1]}\n")  # fmt: skip
+    grid = Grid.from_yaml(path)
+    cell = grid.cells()[0]
+    flags = grid.flags(cell, tmp_path / "out")
+    assert flags["learning_rate"] == 0.001 and flags["sp_alpha"] == 0.01, "1e-3 is a number, as people mean it"
+    _, _, configs, training_args = parse_dict(flags)
+    assert training_args.learning_rate == 0.001 and training_args.use_cpu is True
+    assert next(c for c in configs if hasattr(c, "sp_alpha")).sp_alpha == 0.01
+    with pytest.raises(MedftError, match="sp_alfa"):
+        parse_dict({**flags, "sp_alfa": 1})
+
+
+def test_shards_split_the_cells_without_overlap(tmp_path, capsys):
+    from medft_hf.study import main, parse_shard
+
+    def listed(*flags: str) -> list[str]:
+        main(["cpu", "--output_dir", str(tmp_path), "--status", *flags])
+        return [line.split()[1] for line in capsys.readouterr().out.strip().splitlines()[:-1]]
+
+    everything = listed()
+    shards = [listed("--shard", f"{i}/3") for i in range(3)]
+    assert sorted(path for shard in shards for path in shard) == sorted(everything)
+    assert len(everything) == 144 and all(46 <= len(shard) <= 50 for shard in shards)
+    for bad in ("3/3", "x/2", "1"):
+        with pytest.raises(MedftError, match="expected i/n"):
+            parse_shard(bad)
+
+
+def test_a_cell_held_by_a_live_worker_is_not_run_twice_and_a_dead_workers_lock_is_taken_over(tmp_path):
+    import socket
+
+    from medft_hf.study import LOCK_FILE, Cell, cell_lock, cell_status, run_cell
+
+    grid = Grid.from_yaml("cpu")
+    cell = Cell("breastmnist-local", "efficientnet-lite0-local", "ft", 0, (("learning_rate", 0.001),))
+    folder = tmp_path / cell.path
+    folder.mkdir(parents=True)
+    (folder / LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))  # alive
+    assert run_cell(grid, cell, tmp_path) == "running elsewhere"
+    assert cell_status(tmp_path, cell) == "running"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (folder / LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout)}))
+    with cell_lock(folder) as held:
+        assert held, "the lock of a process that died is taken over"
+        assert json.loads((folder / LOCK_FILE).read_text())["pid"] == os.getpid()
+        with cell_lock(folder) as second:
+            assert not second, "a second worker on the same cell backs off"
+    assert not (folder / LOCK_FILE).exists()
+    assert cell_status(tmp_path, cell) == "pending"
+
+
+def test_status_lists_each_cells_state(tmp_path, capsys):
+    from medft_hf.study import main
+
+    write_result(tmp_path, "breastmnist-local", "ft", 0, 1e-3, 0.5, 0.6)
+    main(["cpu", "--output_dir", str(tmp_path), "--status", "--filter", "dataset=breastmnist-local,strategy=ft"])
+    output = capsys.readouterr().out
+    assert output.strip().splitlines()[-1] == "0 done, 0 failed, 0 running, 6 pending of 6"
+
+
 # ---- a real grid, killed and restarted -------------------------------------------------------------------------
 def test_a_killed_grid_restarts_without_redoing_finished_cells(tiny_model, tiny_dataset, tmp_path):
     spec = {
@@ -120,7 +197,8 @@ def write_result(root: Path, dataset: str, strategy: str, seed: int, lr: float, 
     metrics = lambda value: {"accuracy": value, "balanced_accuracy": value, "macro_f1": value, "auroc": value}  # noqa: E731
     history = [{"epoch": e, "train_loss": 1.0 / e, "validation": metrics(validation)} for e in (1, 2)]
     state = {"history": [{"blocks": [0.2, 0.5, 1.0], "head": 0.7}] * 2} if strategy == "auto_rgn" else {}
-    results = {"dataset": f"data/{dataset}", "architecture": "net", "strategy": strategy, "seed": seed,
+    results = {"dataset": f"data/{dataset}", "model": "timm/net.in1k", "class_names": ["a", "b"],
+               "architecture": "net", "strategy": strategy, "seed": seed,
                "learning_rate": lr, "strategy_config": {}, "image_size": 48, "num_train_epochs": 2,
                "train_runtime_s": 1.0, "environment": {"device": "CPU (2 cores)"}, "validation": metrics(validation),
                "test": metrics(test), "history": history, "strategy_state": state}  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +14,19 @@ import numpy as np
 import pytest
 import timm
 import torch
+import yaml
 from conftest import SHARED, requires_shared
 from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
 
 from medft_hf.errors import MedftError
+from medft_hf.results import RunResult
 from medft_hf.train import parse_args, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train(model: Path, dataset: Path | str | None, output_dir: Path, *flags: str) -> dict:
+def train(model: Path, dataset: Path | str | None, output_dir: Path, *flags: str) -> RunResult:
     argv = [
         "--model", str(model), "--output_dir", str(output_dir), "--image_size", "32",
         "--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--use_cpu", "--seed", "0", *flags,
@@ -51,6 +54,20 @@ def test_results_json_has_the_promised_fields(finished_run):
     assert {"train_loss", "validation"} <= set(lp)
     assert on_disk["train_runtime_s"] > 0
     assert on_disk["class_names"] == ["benign", "malignant", "normal"]
+
+
+def test_results_json_is_the_typed_record_and_refuses_what_it_does_not_know(finished_run, tmp_path):
+    output_dir, returned = finished_run
+    loaded = RunResult.load(output_dir)
+    as_json = json.dumps(loaded.to_dict())  # compared as JSON: an interval may be NaN, and NaN != NaN
+    assert as_json == json.dumps(returned.to_dict())
+    assert json.dumps(RunResult.from_dict(json.loads(as_json)).to_dict()) == as_json, "a JSON round trip is lossless"
+    older = {k: v for k, v in loaded.to_dict().items() if k not in ("augmentation", "class_weights", "positive_class")}
+    assert RunResult.from_dict(older).augmentation == "rrc", "a run from before --augmentation still loads"
+    with pytest.raises(MedftError, match=r"unknown fields \['strategi'\]"):
+        RunResult.from_dict({**loaded.to_dict(), "strategi": "ft"})
+    with pytest.raises(MedftError, match="incomplete"):
+        RunResult.from_dict({k: v for k, v in loaded.to_dict().items() if k != "strategy"})
 
 
 def test_the_output_loads_three_ways_with_the_same_predictions(finished_run, tiny_dataset):
@@ -92,32 +109,32 @@ def test_a_finished_run_is_not_overwritten(finished_run, tiny_model, tiny_datase
 
 def test_bf16_mixed_precision_trains_on_cpu(tiny_model, tiny_dataset, tmp_path):
     results = train(tiny_model, tiny_dataset, tmp_path, "--strategy", "l2sp", "--bf16")
-    assert results["mixed_precision"] == "bf16"
-    assert np.isfinite(results["history"][-1]["train_loss"])
+    assert results.mixed_precision == "bf16"
+    assert np.isfinite(results.history[-1]["train_loss"])
 
 
 def test_same_seed_gives_the_same_results(tiny_model, tiny_dataset, tmp_path):
     first = train(tiny_model, tiny_dataset, tmp_path / "a", "--strategy", "auto_rgn")
     second = train(tiny_model, tiny_dataset, tmp_path / "b", "--strategy", "auto_rgn")
-    assert first["test"] == second["test"]
-    assert [r["train_loss"] for r in first["history"]] == [r["train_loss"] for r in second["history"]]
+    assert first.test == second.test
+    assert [r["train_loss"] for r in first.history] == [r["train_loss"] for r in second.history]
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
 def test_default_dataset_is_the_bundled_breastmnist(tiny_model, tmp_path):
     results = train(tiny_model, None, tmp_path, "--strategy", "lp", "--num_train_epochs", "1")
-    assert results["class_names"] == ["malignant", "normal_or_benign"]
-    assert results["num_examples"] == {"train": 546, "validation": 78, "test": 156}
+    assert results.class_names == ["malignant", "normal_or_benign"]
+    assert results.num_examples == {"train": 546, "validation": 78, "test": 156}
 
 
 def test_small_images_are_resized_up_to_the_architecture_minimum(tiny_model, tiny_dataset, tmp_path):
     results = train(tiny_model, tiny_dataset, tmp_path, "--image_size", "8", "--num_train_epochs", "1")
-    assert results["image_size"] == 32
+    assert results.image_size == 32
 
 
 def test_augmentation_is_recorded_and_none_trains_on_the_evaluation_transform(tiny_model, tiny_dataset, tmp_path):
     results = train(tiny_model, tiny_dataset, tmp_path, "--augmentation", "none", "--num_train_epochs", "1")
-    assert results["augmentation"] == "none"
+    assert results.augmentation == "none"
     assert json.loads((tmp_path / "results.json").read_text())["augmentation"] == "none"
 
 
@@ -138,9 +155,37 @@ def test_torch_compile_runs_l2sp_end_to_end(tiny_model, tiny_dataset, tmp_path):
         tiny_model, tiny_dataset, tmp_path, "--strategy", "l2sp", "--torch_compile", "--torch_compile_backend",
         "eager", "--num_train_epochs", "1",
     )  # fmt: skip
-    assert np.isfinite(results["history"][0]["train_loss"])
+    assert np.isfinite(results.history[0]["train_loss"])
     reference = train(tiny_model, tiny_dataset, tmp_path / "eager", "--strategy", "l2sp", "--num_train_epochs", "1")
-    assert results["history"][0]["train_loss"] == pytest.approx(reference["history"][0]["train_loss"], rel=1e-4)
+    assert results.history[0]["train_loss"] == pytest.approx(reference.history[0]["train_loss"], rel=1e-4)
+
+
+def test_report_to_tensorboard_logs_metrics_and_the_strategys_signals_offline(tiny_model, tiny_dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny_model, tiny_dataset, tmp_path, "--strategy", "auto_rgn", "--rgn_batches", "1", "--report_to",
+          "tensorboard")  # fmt: skip
+    events = EventAccumulator(str(next((tmp_path / "runs").rglob("events.out.tfevents.*")).parent)).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "eval/balanced_accuracy", "train/trainable_parameters", "train/rgn_factor_head"} <= tags
+    assert [e.value for e in events.Scalars("train/rgn_factor_head")] == [1.0, 1.0], "the head at the base rate"
+
+
+def test_all_arguments_can_come_from_a_yaml_or_json_file(tiny_model, tiny_dataset, tmp_path):
+    recipe = {"strategy": "l2sp", "sp_alpha": 0.05, "model": str(tiny_model), "dataset": str(tiny_dataset),
+              "image_size": 32, "num_train_epochs": 1, "use_cpu": True,
+              "output_dir": str(tmp_path / "run")}  # fmt: skip
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    (tmp_path / "recipe.json").write_text(json.dumps({**recipe, "output_dir": str(tmp_path / "other")}))
+    from_yaml = parse_args([str(tmp_path / "recipe.yaml")])
+    from_json = parse_args([str(tmp_path / "recipe.json")])
+    for model_args, _, configs, training_args in (from_yaml, from_json):
+        assert model_args.strategy == "l2sp" and training_args.num_train_epochs == 1
+        assert next(c for c in configs if hasattr(c, "sp_alpha")).sp_alpha == 0.05
+    assert run(*from_yaml).strategy_config["sp_alpha"] == 0.05
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**recipe, "sp_alfa": 1}))
+    with pytest.raises(MedftError, match=r"bad\.yaml: .*sp_alfa"):
+        parse_args([str(tmp_path / "bad.yaml")])
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -153,6 +198,22 @@ def test_help_lists_the_eight_strategies():
     assert result.returncode == 0
     for name in ("ft", "lp", "lpft", "gu_lf", "gu_fl", "l1sp", "l2sp", "auto_rgn"):
         assert f"\n  {name} " in result.stdout
+
+
+def test_help_shows_every_strategy_flag_with_its_default():
+    from dataclasses import MISSING, fields
+
+    from medft_hf.strategies import strategy_config_classes
+
+    text = " ".join(_cli("--help").stdout.split())  # argparse wraps lines
+    for config_class in strategy_config_classes():
+        for spec in fields(config_class):
+            after = text.split(f"--{spec.name.replace('_', '-')} ")[-1]
+            entry = re.split(r" --[a-z_]+ [A-Z{]", after)[0]  # up to the next option and its metavar
+            if spec.default not in (None, MISSING):
+                assert f"(default: {spec.default})" in entry, spec.name
+            else:
+                assert "default" in entry, f"--{spec.name}'s help says what happens when it is not given"
 
 
 @pytest.mark.parametrize(
@@ -176,6 +237,10 @@ def test_help_lists_the_eight_strategies():
         (["--learning_rate", "-1"], "error: --learning_rate -1.0: must be > 0."),
         (["--per_device_train_batch_size", "0"], "error: --per_device_train_batch_size 0: must be >= 1."),
         (["--num_train_epochs", "0"], "error: --num_train_epochs 0.0: must be > 0."),
+        (["--hub_strategy", "checkpoint"], "error: --hub_strategy: not used by medft-hf"),
+        (["--hub_revision", "dev", "--hub_token", "x"], "error: --hub_token, --hub_revision: not used by medft-hf"),
+        (["--positive_class", "cancer"], "error: --positive_class cancer: not a class of this dataset"),
+        (["--class_weights", "inverse"], "argument --class_weights/--class-weights: invalid choice: 'inverse'"),
     ],
 )
 def test_bad_input_fails_with_one_clear_message(args, message, tmp_path, tiny_model):
@@ -194,7 +259,7 @@ def test_real_backbone_on_real_data_beats_the_majority_baseline(tmp_path):
         "--strategy", "ft", "--image_size", "64", "--num_train_epochs", "5", "--learning_rate", "1e-3",
         "--per_device_train_batch_size", "32",
     )  # fmt: skip
-    support = results["test"]["per_class"]["support"]
+    support = results.test["per_class"]["support"]
     majority = max(support) / sum(support)
-    assert results["test"]["accuracy"] > majority
-    assert results["test"]["balanced_accuracy"] > 0.6
+    assert results.test["accuracy"] > majority
+    assert results.test["balanced_accuracy"] > 0.6

@@ -8,25 +8,44 @@ from importlib import resources
 import evaluate
 import numpy as np
 from scipy.special import softmax
+from sklearn.metrics import roc_curve
 from transformers import EvalPrediction
 
 METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
+CALIBRATION_NAMES = ("ece", "brier")
 
 
 def load_metric() -> evaluate.EvaluationModule:
     return evaluate.load(str(resources.files("medft_hf.metrics") / "medical_classification"))
 
 
+def probabilities_of(logits: np.ndarray) -> np.ndarray:
+    return softmax(np.asarray(logits, dtype=np.float64), axis=-1)
+
+
 def compute_classification_metrics(
-    logits: np.ndarray, labels: np.ndarray, per_class: bool = False, metric=None
+    logits: np.ndarray, labels: np.ndarray, per_class: bool = False, metric=None, **options
 ) -> dict:
-    probabilities = softmax(np.asarray(logits, dtype=np.float64), axis=-1)
+    """The metric module on a model's logits; `options` go to it (positive_label, threshold, bootstrap_resamples,
+    seed)."""
+    probabilities = probabilities_of(logits)
     return (metric or load_metric()).compute(
         predictions=probabilities.argmax(-1),
         references=labels,
         prediction_scores=probabilities,
         per_class=per_class,
+        **options,
     )
+
+
+def youden_threshold(logits: np.ndarray, labels: np.ndarray, positive_label: int) -> float:
+    """The probability threshold on the positive class that maximises sensitivity + specificity − 1 (Youden's J)
+    on these (validation) images; applied unchanged to the test split."""
+    false_positive_rate, true_positive_rate, thresholds = roc_curve(
+        labels, probabilities_of(logits)[:, positive_label], pos_label=positive_label
+    )
+    best = int(np.argmax(true_positive_rate - false_positive_rate))
+    return float(min(thresholds[best], 1.0))
 
 
 def metrics_for_trainer() -> Callable[[EvalPrediction], dict]:

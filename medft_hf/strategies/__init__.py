@@ -1,11 +1,13 @@
 """The paper's eight fine-tuning strategies, one module each, in one registry (`STRATEGIES`).
 
-Adding a ninth: write a module with a `Strategy` subclass decorated with `@register_strategy` (and a config
-dataclass if it has flags), import it here, and add `hub_configs/strategies/<name>.yaml` for its defaults.
+Adding one: write a module with a `Strategy` subclass decorated with `@register_strategy` (and a config
+dataclass with its flags and their defaults, if it has any) and import it here.
 """
 
-# Registration order is the paper's order, which `--help` and the study follow.
+# Registration order is the paper's eight in its order, which `--help` and the study follow, then those that came
+# after it.
 from . import ft, lp, lpft, gradual_unfreezing, sp, auto_rgn  # noqa: I001
+from . import llrd, head_lr, bitfit, lora, surgical
 from .base import (
     STRATEGIES,
     Phase,
@@ -30,13 +32,18 @@ __all__ = [
     "Strategy",
     "StrategyConfig",
     "auto_rgn",
+    "bitfit",
     "build_strategy",
     "coinciding_strategies",
     "ft",
     "gradual_unfreezing",
+    "head_lr",
+    "llrd",
+    "lora",
     "lp",
     "lpft",
     "register_strategy",
     "sp",
     "strategy_config_classes",
+    "surgical",
 ]

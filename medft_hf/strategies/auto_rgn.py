@@ -30,20 +30,21 @@ from .base import BatchSource, Strategy, StrategyConfig, register_strategy
 
 @dataclass
 class AutoRGNConfig(StrategyConfig):
-    rgn_batches: int | None = field(
-        default=None,
+    rgn_batches: int = field(
+        default=5,  # as in the official code
         metadata={"help": "auto_rgn: training batches the relative gradient norms are averaged over."},
     )
-    rgn_head: str | None = field(
-        default=None,
+    # ours, chosen on validation (docs/results/defaults): the official rule starves the backbone behind a new head
+    rgn_head: str = field(
+        default="base",
         metadata={
             "help": "auto_rgn: 'base' trains the new head at the base rate and normalises by the largest RGN of "
             "the pretrained tensors; 'official' measures the head like any tensor (Lee et al.'s code).",
             "choices": ["base", "official"],
         },
     )
-    rgn_max_over: str | None = field(
-        default=None,
+    rgn_max_over: str = field(
+        default="all",
         metadata={
             "help": "auto_rgn: the tensors whose largest RGN is the reference: 'all' or 'weights' (2-D and up).",
             "choices": ["all", "weights"],
@@ -125,6 +126,21 @@ class AutoRGN(Strategy):
         rgn = (gradient_norms / count) / weight_norms
         rgn[weight_norms == 0] = float("nan")
         return dict(zip(self.names, rgn.tolist(), strict=True))
+
+    @classmethod
+    def state_series(cls, state: dict[str, Any]) -> dict[str, list[float]]:
+        """Each block's (stem first) and the head's mean rate factor, per epoch."""
+        history = state.get("history", [])
+        if not history:
+            return {}
+        series = {f"block {i}": [epoch["blocks"][i] for epoch in history] for i in range(len(history[0]["blocks"]))}
+        return {**series, "head": [epoch["head"] for epoch in history]}
+
+    def epoch_signals(self) -> dict[str, float]:
+        if not self.history:
+            return {}
+        blocks = self.history[-1]["blocks"]
+        return {"rgn_factor_backbone_mean": sum(blocks) / len(blocks), "rgn_factor_head": self.history[-1]["head"]}
 
     def state_dict(self) -> dict[str, Any]:
         return {"tensors": self.names, "history": self.history}

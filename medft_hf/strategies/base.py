@@ -1,22 +1,22 @@
 """What a fine-tuning strategy is: a small config dataclass plus the hooks the trainer calls.
 
-The trainer calls, in this order: `check` with the run's epoch count before anything is written, `setup` once on
-the freshly loaded pretrained model, `param_groups` to build the optimizer, `phases` to build the learning-rate
-schedule, `begin_epoch` and `lr_scales` at every epoch boundary, `prepare_forward` before every training forward,
-and `penalty` to add to every training loss. Hooks receive the bare model (never a compiled or DDP wrapper), so
-parameter names are those of `BlockLayout`. A strategy overrides only what it changes; the defaults are full
-fine-tuning.
+The recipe and the trainer call, in this order: `check` with the run's epoch count before anything is written,
+`prepare_model` before the Trainer exists (it may wrap or replace the model, e.g. with adapters), `setup` once on
+that model, `param_groups` to build the optimizer (a group's `lr_scale` multiplies its rate under any schedule),
+`phases` to build the learning-rate schedule, `begin_epoch` (which freezes `frozen_tensors`) and `lr_scales` at
+every epoch boundary, `prepare_forward` before every training forward, `penalty` to add to every training loss,
+and `export_model` before the final save (e.g. merging adapters into a plain model). Hooks receive the bare model
+(never a compiled or DDP wrapper), so parameter names are those of `BlockLayout`. A strategy overrides only what it
+changes; the defaults are full fine-tuning.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
-from importlib import resources
 from typing import Any, ClassVar
 
 import torch
-import yaml
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
@@ -28,7 +28,8 @@ BatchSource = Callable[[int], Iterable[dict[str, torch.Tensor]]]
 
 @dataclass
 class StrategyConfig:
-    """Flags shared by no strategy. Subclasses add theirs; a field left at None takes the YAML default.
+    """Flags shared by no strategy. Subclasses add theirs, with their defaults; a field left at None takes the
+    strategy's own `defaults` (for flags several strategies share with different defaults) or a documented rule.
 
     `bounds` maps a flag to its lower limit, (">", x) or (">=", x); `check` enforces them and any `choices`.
     """
@@ -52,21 +53,10 @@ class StrategyConfig:
         if problems:
             raise MedftError("; ".join(problems) + ".")
 
-    def resolved(self, strategy_name: str) -> StrategyConfig:
-        """This config with every None replaced by `hub_configs/strategies/<name>.yaml`."""
-        defaults = strategy_defaults(strategy_name)
+    def resolved(self, defaults: dict[str, Any]) -> StrategyConfig:
+        """This config with every None that `defaults` has a value for replaced by it."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in values.items():
-            if value is None and name in defaults:
-                values[name] = defaults[name]
-        return type(self)(**values)
-
-
-def strategy_defaults(name: str) -> dict[str, Any]:
-    path = resources.files("medft_hf.hub_configs") / "strategies" / f"{name}.yaml"
-    if not path.is_file():
-        return {}
-    return yaml.safe_load(path.read_text()).get("defaults") or {}
+        return type(self)(**{name: defaults.get(name) if value is None else value for name, value in values.items()})
 
 
 @dataclass(frozen=True)
@@ -88,6 +78,8 @@ class Strategy:
     summary: ClassVar[str]
     reference: ClassVar[str]
     config_class: ClassVar[type[StrategyConfig]] = StrategyConfig
+    # Defaults of flags this strategy shares with others but sets differently (e.g. L1-SP's and L2-SP's α).
+    defaults: ClassVar[dict[str, Any]] = {}
     # True when the set of trainable tensors changes during training (DDP must then look for unused ones).
     changes_trainable_set: ClassVar[bool] = False
     # True when the optimizer's moments must start afresh at every epoch boundary.
@@ -111,12 +103,25 @@ class Strategy:
         """The optimisation phases; one by default (one optimizer state and one schedule for the whole run)."""
         return [Phase(0)]
 
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Before the Trainer exists: return the model to train (this one, changed in place, or a new one). A
+        strategy that renames parameters also refreshes `self.layout`."""
+        return model
+
+    def export_model(self, model: nn.Module) -> nn.Module:
+        """Before the final save: the model as it should be published (a plain timm model `pipeline()` loads)."""
+        return model
+
     def setup(self, model: nn.Module) -> None:
         """Called once on the pretrained model, before any training step or checkpoint is loaded."""
 
     def frozen_blocks(self, epoch: int) -> Sequence[int]:
-        """Indices into `layout.blocks` whose parameters and BatchNorm statistics stay fixed this epoch."""
+        """Indices into `layout.blocks` whose parameters stay fixed this epoch."""
         return ()
+
+    def frozen_tensors(self, epoch: int) -> set[str]:
+        """Names of the parameters that stay fixed this epoch: by default, those of `frozen_blocks(epoch)`."""
+        return {name for index in self.frozen_blocks(epoch) for name in self.layout.blocks[index]}
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer groups over all parameters: timm's split (no decay for biases and norms)."""
@@ -129,6 +134,15 @@ class Strategy:
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         """A regularisation term added to the training loss (before backward, so DDP and AMP see it)."""
         return None
+
+    @classmethod
+    def state_series(cls, state: dict[str, Any]) -> dict[str, list[float]]:
+        """From a finished run's `strategy_state`: named per-epoch series worth a figure (none by default)."""
+        return {}
+
+    def epoch_signals(self) -> dict[str, float]:
+        """Scalars worth logging (TensorBoard, Trackio, ...) at the start of each epoch, after `lr_scales`."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -144,14 +158,17 @@ class Strategy:
         return tuple(tuple(sorted(self.frozen_blocks(epoch))) for epoch in range(self.num_epochs))
 
     def begin_epoch(self, model: nn.Module, epoch: int) -> None:
-        """Freeze exactly `frozen_blocks(epoch)`; unfreeze everything else."""
-        frozen = {name for index in self.frozen_blocks(epoch) for name in self.layout.blocks[index]}
+        """Freeze exactly `frozen_tensors(epoch)`, unfreeze everything else; a BatchNorm layer whose parameters are
+        all frozen also keeps its running statistics fixed."""
+        frozen = self.frozen_tensors(epoch)
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name not in frozen)
         self._frozen_norms = [
             module
             for name, module in model.named_modules()
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and f"{name}.weight" in frozen
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and any(True for _ in module.parameters(recurse=False))
+            and all(f"{name}.{p}" in frozen for p, _ in module.named_parameters(recurse=False))
         ]
 
     def prepare_forward(self, model: nn.Module) -> None:
@@ -178,7 +195,7 @@ def build_strategy(name: str, config: StrategyConfig | None, layout: BlockLayout
     config = cls.config_class() if config is None else config
     if not isinstance(config, cls.config_class):
         raise MedftError(f"--strategy {name} takes a {cls.config_class.__name__}, got {type(config).__name__}.")
-    strategy = cls(config.resolved(name), layout)
+    strategy = cls(config.resolved(cls.defaults), layout)
     strategy.num_epochs = num_epochs
     strategy.check(num_epochs)
     return strategy

@@ -20,11 +20,17 @@ from .base import Strategy, StrategyConfig, register_strategy
 @dataclass
 class StartingPointConfig(StrategyConfig):
     sp_alpha: float | None = field(
-        default=None, metadata={"help": "l2sp/l1sp: α, the weight of the distance to the pretrained weights."}
+        default=None,
+        metadata={
+            "help": "l2sp/l1sp: α, the weight of the distance to the pretrained weights (default: 0.1 for l2sp, "
+            "1e-4 for l1sp)."
+        },
     )
     sp_beta: float | None = field(
         default=None,
-        metadata={"help": "l2sp/l1sp: β, the weight of the L2 penalty on the new classifier's weights."},
+        metadata={
+            "help": "l2sp/l1sp: β, the weight of the L2 penalty on the new classifier's weights (default: 0.01)."
+        },
     )
     bounds: ClassVar[dict[str, tuple[str, float]]] = {"sp_alpha": (">=", 0), "sp_beta": (">=", 0)}
 
@@ -65,6 +71,9 @@ class L1SP(StartingPointRegularization):
     summary = "L1-SP: loss + α·‖w − w⁰‖₁ on pretrained weights + β/2·‖w_new‖² (--sp_alpha, --sp_beta)"
     reference = "Li, Grandvalet & Davoine 2018, 'Explicit Inductive Bias for Transfer Learning with CNNs', ICML"
     p = 1
+    # ours for α: Adam rescales the constant-size L1 gradient, so Li et al.'s larger α over-regularises (on a real
+    # 4-class set, EfficientNet-Lite0, 64 px, AdamW 1e-3, α = 0.01 lost 0.2 balanced accuracy to FT, 1e-4 matched it)
+    defaults: ClassVar[dict[str, float]] = {"sp_alpha": 1e-4, "sp_beta": 0.01}
 
 
 @register_strategy
@@ -73,3 +82,4 @@ class L2SP(StartingPointRegularization):
     summary = "L2-SP: loss + α/2·‖w − w⁰‖² on pretrained weights + β/2·‖w_new‖² (--sp_alpha, --sp_beta)"
     reference = "Li, Grandvalet & Davoine 2018, 'Explicit Inductive Bias for Transfer Learning with CNNs', ICML"
     p = 2
+    defaults: ClassVar[dict[str, float]] = {"sp_alpha": 0.1, "sp_beta": 0.01}  # Li et al. 2018's values

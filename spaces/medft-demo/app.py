@@ -1,21 +1,24 @@
 """medft-hf demo: try fine-tuned medical image classifiers, compare fine-tuning strategies, browse a study.
 
 Serves the models named in `models.yaml` beside this file (or the YAML file in $MEDFT_SPACE_CONFIG): Hub model ids
-or local `train.py` output folders, each loaded once at start-up. Run locally with `python spaces/medft-demo/app.py`.
+or local `train.py` output folders, each loaded once at start-up; one that fails to load is listed as unavailable,
+with the reason, and the others serve. Images are preprocessed by the model's own image processor, from the size and
+crop it was trained and evaluated with, exactly as `pipeline("image-classification")` does. Run locally with
+`python spaces/medft-demo/app.py`.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import re
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
-import timm
 import torch
 import yaml
 from huggingface_hub import hf_hub_download, snapshot_download
@@ -23,9 +26,10 @@ from PIL import Image, UnidentifiedImageError
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from transformers import AutoModelForImageClassification
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from medft_hf.data import to_rgb
+from medft_hf.images import to_rgb
+from medft_hf.results import RESULTS_FILE, RunResult
 
 HERE = Path(__file__).resolve().parent
 MAX_SIDE = 2048  # larger uploads are shrunk first: the model sees a few hundred pixels anyway
@@ -34,6 +38,9 @@ DISCLAIMER = (
     "Each model was trained on one public dataset and says nothing reliable about other patients or scanners."
 )
 Image.MAX_IMAGE_PIXELS = 200_000_000  # a 10000×10000 scan is fine; decompression bombs beyond this are refused
+# The bundled examples' imaging domain, from the file name's prefix; compared with each model's modality.
+EXAMPLE_DOMAINS = {"breast-ultrasound": "ultrasound", "chest-xray": "X-ray"}
+logger = logging.getLogger(__name__)
 
 
 class _Logits(torch.nn.Module):
@@ -52,44 +59,82 @@ class ServedModel:
     name: str
     source: str
     model: torch.nn.Module
-    transform: Any
+    processor: Any  # the model's own image processor: what pipeline() uses
     target_layer: torch.nn.Module
-    results: dict[str, Any]
+    result: RunResult
+    # Grad-CAM hooks live on the model, so two requests on one model at once would mix their activations.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def load(cls, source: str, name: str | None = None) -> ServedModel:
         model = AutoModelForImageClassification.from_pretrained(source, use_safetensors=True).eval()
+        processor = AutoImageProcessor.from_pretrained(source)
         timm_model = model.timm_model
-        config = timm.data.resolve_data_config(model=timm_model)
         local = Path(source)
-        results_path = local / "results.json" if local.is_dir() else Path(hf_hub_download(source, "results.json"))
-        results = json.loads(results_path.read_text())
+        result = RunResult.load(local if local.is_dir() else hf_hub_download(source, RESULTS_FILE))
         layer = timm_model.get_submodule(timm_model.feature_info[-1]["module"])
-        label = name or f"{results['strategy']} · {results['architecture']} · {Path(results['dataset']).name}"
-        return cls(label, source, model, timm.data.create_transform(**config), layer, results)
+        label = name or f"{result.strategy} · {result.architecture} · {result.dataset_name}"
+        return cls(label, source, model, processor, layer, result)
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """The model's input for `image`: resized and cropped as in training's evaluation, normalised."""
+        return self.processor(image, return_tensors="pt")["pixel_values"]
+
+    def seen(self, pixels: torch.Tensor) -> np.ndarray:
+        """The image the model saw (its input without the normalisation), H×W×3 in [0, 1]."""
+        mean = torch.tensor(self.processor.data_config["mean"]).view(3, 1, 1)
+        std = torch.tensor(self.processor.data_config["std"]).view(3, 1, 1)
+        return (pixels[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy().astype(np.float32)
 
     def metrics_markdown(self) -> str:
-        split = "test" if self.results.get("test") else "validation"
-        metrics = self.results[split]
-        return (
-            f"**{self.name}** — strategy `{self.results['strategy']}`, {split} balanced accuracy "
-            f"{metrics['balanced_accuracy']:.3f}, AUROC {metrics['auroc']:.3f}, macro F1 {metrics['macro_f1']:.3f} "
-            f"({self.results['num_examples'].get(split, '?')} images)"
+        split, metrics = self.result.split, self.result.metrics
+        text = (
+            f"**{self.name}** — strategy `{self.result.strategy}`, {split} balanced accuracy "
+            f"{metrics['balanced_accuracy']:.3f}, AUROC {metrics['auroc']:.3f}, macro F1 {metrics['macro_f1']:.3f}"
         )
+        if "ece" in metrics:
+            text += f", ECE {metrics['ece']:.3f}, Brier {metrics['brier']:.3f}"
+        if "sensitivity" in metrics:
+            text += (
+                f", sensitivity ({self.result.positive_class}) {metrics['sensitivity']:.3f}, "
+                f"specificity {metrics['specificity']:.3f}"
+            )
+        return text + f" ({self.result.num_examples.get(split, '?')} images; measured with the same "
+        "preprocessing this demo applies)"
 
     def predict(self, image: Image.Image) -> tuple[dict[str, float], np.ndarray]:
-        """Class probabilities and a Grad-CAM overlay for the top class."""
-        pixels = self.transform(image).unsqueeze(0)
-        with torch.no_grad():
-            probabilities = self.model(pixel_values=pixels).logits.softmax(-1)[0]
+        """Class probabilities and a Grad-CAM overlay for the top class, drawn on the image the model saw."""
+        pixels = self.pixels(image)
+        with self.lock:
+            with torch.no_grad():
+                probabilities = self.model(pixel_values=pixels).logits.softmax(-1)[0]
+            top = int(probabilities.argmax())
+            with GradCAM(model=_Logits(self.model), target_layers=[self.target_layer]) as cam:
+                heat = cam(input_tensor=pixels, targets=[ClassifierOutputTarget(top)])[0]
         labels = {self.model.config.id2label[i]: float(p) for i, p in enumerate(probabilities)}
-        top = int(probabilities.argmax())
-        with GradCAM(model=_Logits(self.model), target_layers=[self.target_layer]) as cam:
-            heat = cam(input_tensor=pixels, targets=[ClassifierOutputTarget(top)])[0]
-        size = pixels.shape[-1]
-        background = np.asarray(image.resize((size, size)), dtype=np.float32) / 255.0
-        overlay = show_cam_on_image(background, heat, use_rgb=True)
+        overlay = show_cam_on_image(self.seen(pixels), heat, use_rgb=True)
         return labels, np.asarray(Image.fromarray(overlay).resize((256, 256), Image.Resampling.NEAREST))
+
+    def domain_warning(self, path: str) -> str | None:
+        """A warning when a bundled example of one imaging domain is sent to a model trained on another."""
+        modality = self.result.modality
+        domain = next((d for prefix, d in EXAMPLE_DOMAINS.items() if Path(path).name.startswith(prefix)), None)
+        if modality and domain and Path(path).parent == HERE / "examples" and domain.lower() != modality.lower():
+            return f"This example is a {domain} image; {self.name} was trained on {modality} images."
+        return None
+
+
+def load_models(entries: list[dict[str, Any]]) -> tuple[list[ServedModel], dict[str, str]]:
+    """Every model that loads, and for each that does not, the reason: one bad entry must not stop the Space."""
+    served, unavailable = [], {}
+    for entry in entries:
+        name = entry.get("name") or entry.get("source", "?")
+        try:
+            served.append(ServedModel.load(entry["source"], entry.get("name")))
+        except Exception as error:
+            logger.warning("model %s is unavailable: %s", name, error)
+            unavailable[name] = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
+    return served, unavailable
 
 
 class ImageInput(gr.Image):
@@ -153,14 +198,20 @@ def load_study(source: str | None) -> tuple[str, str | None]:
     return text, str(heatmap) if heatmap.exists() else None
 
 
-def build_demo(models: list[ServedModel], study_source: str | None) -> gr.Blocks:
+def build_demo(
+    models: list[ServedModel], study_source: str | None, unavailable: dict[str, str] | None = None
+) -> gr.Blocks:
     by_name = {m.name: m for m in models}
     examples = sorted(str(p) for p in (HERE / "examples").glob("*.png"))
+    status = "".join(f"\n- **{name}** is unavailable: {reason}" for name, reason in (unavailable or {}).items())
 
     def predict(path: str | None, name: str):
         model = by_name[name]
         labels, heatmap = model.predict(read_image(path))
-        return labels, heatmap, model.metrics_markdown()
+        warning = model.domain_warning(path) if path else None
+        if warning:
+            gr.Warning(warning)
+        return labels, heatmap, model.metrics_markdown() + (f"\n\n⚠ {warning}" if warning else "")
 
     def compare(path: str | None, names: list[str]):
         if not names:
@@ -177,14 +228,20 @@ def build_demo(models: list[ServedModel], study_source: str | None) -> gr.Blocks
 
     study_text, study_heatmap = load_study(study_source)
     with gr.Blocks(title="medft-hf: fine-tuning strategies for medical images") as demo:
-        gr.Markdown("# medft-hf: fine-tuned medical image classifiers\n" + DISCLAIMER)
+        gr.Markdown("# medft-hf: fine-tuned medical image classifiers\n" + DISCLAIMER + status, elem_id="intro")
         with gr.Tab("Predict"):
             with gr.Row():
                 with gr.Column():
-                    image = ImageInput(type="filepath", label="Image")
+                    # image_mode=None: grayscale and 16-bit uploads reach read_image as they are, not clipped to 8 bits
+                    image = ImageInput(type="filepath", image_mode=None, label="Image")
                     choice = gr.Dropdown(list(by_name), value=models[0].name, label="Model")
                     run = gr.Button("Predict", variant="primary")
-                    gr.Examples(examples, inputs=image, label="Examples (MedMNIST v2 / Kermany et al. 2018, CC BY 4.0)")
+                    gr.Examples(
+                        examples,
+                        inputs=image,
+                        label="Examples (MedMNIST v2 / Kermany et al. 2018, CC BY 4.0): use the one of your model's "
+                        "domain (breast ultrasound or chest X-ray)",
+                    )
                 with gr.Column():
                     label = gr.Label(num_top_classes=3, label="Prediction")
                     heatmap = gr.Image(label="Grad-CAM (where the model looked)", elem_id="heatmap")
@@ -193,7 +250,7 @@ def build_demo(models: list[ServedModel], study_source: str | None) -> gr.Blocks
         with gr.Tab("Compare"):
             with gr.Row():
                 with gr.Column():
-                    compare_image = ImageInput(type="filepath", label="Image")
+                    compare_image = ImageInput(type="filepath", image_mode=None, label="Image")
                     picked = gr.CheckboxGroup(list(by_name), value=list(by_name)[:3], label="Models")
                     compare_run = gr.Button("Compare", variant="primary")
                     gr.Examples(examples, inputs=compare_image)
@@ -210,10 +267,14 @@ def build_demo(models: list[ServedModel], study_source: str | None) -> gr.Blocks
 
 def main() -> None:
     config = load_config()
-    models = [ServedModel.load(entry["source"], entry.get("name")) for entry in config.get("models", [])]
+    models, unavailable = load_models(config.get("models", []))
     if not models:
-        raise SystemExit("No models configured: list them under `models:` in models.yaml or $MEDFT_SPACE_CONFIG.")
-    demo = build_demo(models, config.get("study"))
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in unavailable.items())
+        raise SystemExit(
+            f"No model could be served ({reasons or 'none configured'}): list them under `models:` in models.yaml "
+            "or $MEDFT_SPACE_CONFIG."
+        )
+    demo = build_demo(models, config.get("study"), unavailable)
     demo.queue(default_concurrency_limit=2).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
