@@ -20,6 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from medft_hf.report import collect
+from medft_hf.results import RunResult
+from medft_hf.strategies import STRATEGIES
 
 METRIC = "balanced_accuracy"
 ABLATIONS = {
@@ -107,11 +109,12 @@ def factor_figure(runs: pd.DataFrame, root: str, path: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for ax, (rule, group) in zip(axes, rows.groupby("rgn_head"), strict=False):
         for row in group.itertuples():
-            history = json.loads((Path(root) / row.run / "results.json").read_text())["strategy_state"]["history"]
-            epochs = range(1, len(history) + 1)
-            backbone = [sum(epoch["blocks"]) / len(epoch["blocks"]) for epoch in history]
+            series = STRATEGIES["auto_rgn"].state_series(RunResult.load(Path(root) / row.run).strategy_state)
+            head = series.pop("head")
+            backbone = [sum(values) / len(values) for values in zip(*series.values(), strict=True)]
+            epochs = range(1, len(head) + 1)
             line = ax.plot(epochs, backbone, marker="o", label=f"{row.dataset}: backbone blocks")[0]
-            ax.plot(epochs, [epoch["head"] for epoch in history], linestyle="--", color=line.get_color())
+            ax.plot(epochs, head, linestyle="--", color=line.get_color())
         ax.set(title=f"--rgn_head {rule} (dashed: head)", xlabel="epoch", yscale="log", ylim=(1e-3, 1.5))
     axes[0].set_ylabel("mean rate factor (× base rate)")
     axes[1].legend(fontsize=7, loc="lower right")
