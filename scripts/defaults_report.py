@@ -67,7 +67,10 @@ def ablation(runs: pd.DataFrame, strategy: str, keys: list[str]) -> tuple[str, d
         lines.append(f"| {' / '.join(map(str, variant))} | " + " | ".join(cells) + f" | {scores[variant]:.4f} |")
     chosen = max(scores, key=scores.get)
     lines.append("")
-    lines.append(f"Chosen on validation: **{' / '.join(map(str, chosen))}**.")
+    if len(scores) == 1:
+        lines.append("Only this variant was run: nothing was chosen here.")
+    else:
+        lines.append(f"Chosen on validation: **{' / '.join(map(str, chosen))}**.")
     return "\n".join(lines), dict(zip(keys, chosen, strict=True))
 
 
