@@ -99,8 +99,8 @@ class ServedModel:
                 f", sensitivity ({self.result.positive_class}) {metrics['sensitivity']:.3f}, "
                 f"specificity {metrics['specificity']:.3f}"
             )
-        return text + f" ({self.result.num_examples.get(split, '?')} images; measured with the same "
-        "preprocessing this demo applies)"
+        images = self.result.num_examples.get(split, "?")
+        return text + f" ({images} images; measured with the same preprocessing this demo applies)"
 
     def predict(self, image: Image.Image) -> tuple[dict[str, float], np.ndarray]:
         """Class probabilities and a Grad-CAM overlay for the top class, drawn on the image the model saw."""
