@@ -251,7 +251,8 @@ AUGMENTATIONS: dict[str, dict[str, Any] | None] = {
     "rrc": {"scale": (0.5, 1.0), "ratio": (3 / 4, 4 / 3), "hflip": 0.5},
     "none": None,
 }
-# ours, chosen on validation across the shared datasets (docs/results/augmentation.md)
+# ours, from issue 10's held-out measurement (rrc cost 0.03-0.07 balanced accuracy at 64 px / 6 epochs); not yet
+# compared on validation here (docs/results/defaults/README.md says why)
 DEFAULT_AUGMENTATION = "light"
 
 

@@ -12,7 +12,7 @@ dividing by zero (which in the official code turns every other factor into 0).
 
 Lee et al. apply Auto-RGN to a network whose head already exists. In transfer learning the head is new and
 small, so its RGN dwarfs every pretrained tensor's and the maximum hands the backbone a few percent of the rate.
-`--rgn_head base` (the default, chosen on validation: docs/results/auto-rgn-ablation.md) trains the new head at
+`--rgn_head base` (the default, chosen on validation: docs/results/defaults/README.md) trains the new head at
 the base rate and takes the maximum over the pretrained tensors only; `--rgn_head official` measures the head
 like every other tensor. `--rgn_max_over weights` lets only tensors of two or more dimensions (kernels,
 matrices) set the maximum; a bias or other 1-D tensor above it is capped at the base rate.
