@@ -31,6 +31,7 @@ IDENTITY_FIELDS = (
     "image_size",
     "augmentation",
     "class_weights",
+    "data_pipeline",
 )
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 logger = logging.getLogger(__name__)

@@ -7,6 +7,7 @@ seeded), and images are made RGB and preprocessed with the backbone's own timm d
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from importlib import resources
@@ -15,6 +16,7 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
+from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 from .errors import MedftError
@@ -245,7 +247,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
 # Training augmentations, by name (`--augmentation`). None of them touches intensity or colour: in a medical
 # image those carry meaning. Each is a random resized crop (share of the area, aspect-ratio range) and a
-# horizontal flip through timm's `create_transform`; "none" trains on the evaluation transform.
+# horizontal flip; "none" trains on the evaluation pixels.
 AUGMENTATIONS: dict[str, dict[str, Any] | None] = {
     "light": {"scale": (0.85, 1.0), "ratio": (1.0, 1.0), "hflip": 0.5},
     "rrc": {"scale": (0.5, 1.0), "ratio": (3 / 4, 4 / 3), "hflip": 0.5},
@@ -256,20 +258,45 @@ AUGMENTATIONS: dict[str, dict[str, Any] | None] = {
 DEFAULT_AUGMENTATION = "light"
 
 
-def build_transforms(
-    timm_model: torch.nn.Module, image_size: int, augmentation: str = DEFAULT_AUGMENTATION
-) -> tuple[Any, Any]:
-    """Train and eval transforms from the backbone's pretrained config (mean/std/interpolation), at `image_size`.
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images reach the backbone: its pretrained data config (mean, std, interpolation) at our size, and the
+    training augmentation. One record for both pipelines (PIL transforms, or the decoded-image cache)."""
 
-    Training: the named `augmentation` recipe. Evaluation: the whole image resized, no crop.
-    """
-    if augmentation not in AUGMENTATIONS:
-        raise MedftError(f"--augmentation {augmentation}: choose one of {', '.join(AUGMENTATIONS)}.")
-    config = resolve_data_config(model=timm_model)
-    config.update(input_size=(3, image_size, image_size), crop_pct=1.0)
-    evaluation = create_transform(**config, is_training=False)
-    recipe = AUGMENTATIONS[augmentation]
-    if recipe is None:
-        return evaluation, evaluation
-    train = create_transform(**config, is_training=True, **recipe, color_jitter=None)
-    return train, evaluation
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+    augmentation: str = DEFAULT_AUGMENTATION
+
+    @classmethod
+    def for_model(cls, timm_model: torch.nn.Module, image_size: int, augmentation: str = DEFAULT_AUGMENTATION):
+        if augmentation not in AUGMENTATIONS:
+            raise MedftError(f"--augmentation {augmentation}: choose one of {', '.join(AUGMENTATIONS)}.")
+        config = resolve_data_config(model=timm_model)
+        return cls(image_size, tuple(config["mean"]), tuple(config["std"]), config["interpolation"], augmentation)
+
+    @property
+    def recipe(self) -> dict[str, Any] | None:
+        return AUGMENTATIONS[self.augmentation]
+
+    def _timm_config(self) -> dict[str, Any]:
+        return {
+            "input_size": (3, self.size, self.size),
+            "crop_pct": 1.0,  # the whole image, resized: what record_input_config tells pipeline() to do
+            "mean": self.mean,
+            "std": self.std,
+            "interpolation": self.interpolation,
+        }
+
+    def decode_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """PIL image to the uint8 CHW tensor evaluation sees before normalisation: the whole image resized (shorter
+        side to `size`, centre crop), as timm's evaluation transform does it."""
+        return create_transform(**self._timm_config(), is_training=False, use_prefetcher=True)
+
+    def pil_transforms(self) -> tuple[Callable, Callable]:
+        """timm's train and eval transforms (PIL image to normalised float tensor), for the uncached pipeline."""
+        evaluation = create_transform(**self._timm_config(), is_training=False)
+        if self.recipe is None:
+            return evaluation, evaluation
+        return create_transform(**self._timm_config(), is_training=True, **self.recipe, color_jitter=None), evaluation

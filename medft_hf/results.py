@@ -49,6 +49,7 @@ class RunResult:
     dataset_config: str | None = None
     augmentation: str = "rrc"  # runs made before --augmentation used what is now called "rrc"
     class_weights: str = "none"
+    data_pipeline: str = "pil"  # "decoded" (the image cache), "features" (cached-feature LP) or "pil"
     modality: str | None = None
     dataset_id: str | None = None
     base_model_id: str | None = None

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from argparse import SUPPRESS, RawDescriptionHelpFormatter
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import transformers
 from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArguments, set_seed
 
 from . import metrics as metrics_lib
+from .cache import StoredFeatures, check_feature_cache, head_only, image_datasets
 from .checkpoints import load_checkpoint_state, resolve_checkpoint
-from .data import AUGMENTATIONS, DEFAULT_AUGMENTATION, ImageClassificationDataset, build_transforms, load_splits
+from .data import AUGMENTATIONS, DEFAULT_AUGMENTATION, Preprocessing, load_splits
 from .errors import MedftError, exit_on_error
 from .figures import run_figures
 from .hub import check_push_ready, push_model
@@ -97,6 +101,20 @@ class DataArguments:
             "choices": list(AUGMENTATIONS),
         },
     )
+    cache_images: bool = field(
+        default=True,
+        metadata={
+            "help": "Decode and resize every image once into the datasets cache and augment uint8 tensors (the fast "
+            "path). False: decode and augment with PIL on every step, cropping from the full-resolution image."
+        },
+    )
+    cache_features: bool = field(
+        default=False,
+        metadata={
+            "help": "For strategies that train only the new head (lp): run the frozen backbone once per image and "
+            "train the head on the stored features. Exact without augmentation, so it needs --augmentation none."
+        },
+    )
     modality: str | None = field(
         default=None, metadata={"help": "Imaging modality (X-ray, MRI, histology, ...), for the model card's tags."}
     )
@@ -130,7 +148,17 @@ class MedftTrainingArguments(TrainingArguments):
     weight_decay: float = 1e-4
     lr_scheduler_type: str = "cosine"
     per_device_train_batch_size: int = 32
-    per_device_eval_batch_size: int = 64
+    per_device_eval_batch_size: int = 128
+    dataloader_num_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "DataLoader worker processes. Default: 0 on a CPU (the decoded-image cache leaves them nothing to "
+            "do, and they would take cores from the model), min(8, CPU cores) with a GPU."
+        },
+    )
+    dataloader_pin_memory: bool | None = field(
+        default=None, metadata={"help": "Pin batches in page-locked memory. Default: when a GPU is present."}
+    )
     eval_strategy: str = "epoch"
     save_strategy: str = "epoch"
     logging_strategy: str = "epoch"
@@ -164,12 +192,17 @@ class MedftTrainingArguments(TrainingArguments):
                 ("warmup_ratio", ">=", 0),
                 ("early_stopping_patience", ">=", 1),
                 ("bootstrap_resamples", ">=", 0),
+                ("dataloader_num_workers", ">=", 0),
             )
             for value in [getattr(self, name, None)]
             if value is not None and not (value > limit if relation == ">" else value >= limit)
         ]
         if problems:
             raise MedftError("; ".join(problems) + ".")
+        if self.dataloader_num_workers is None:
+            self.dataloader_num_workers = min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = torch.cuda.is_available()
         super().__post_init__()
 
 
@@ -245,6 +278,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             f"{', '.join(unused)}: not used by medft-hf, which pushes once, at the end, with a model card, to the main "
             "branch, using the token of HF_TOKEN or `hf auth login`. Drop the flag."
         )
+    if training_args.dataloader_persistent_workers and data_args.augmentation != "none":
+        raise MedftError(
+            "--dataloader_persistent_workers: a persistent worker keeps its copy of the training set at epoch 0, so "
+            "every epoch would repeat the first one's augmentation. Drop the flag (workers restart each epoch)."
+        )
     push_to = training_args.hub_model_id if training_args.push_to_hub else None
     if training_args.push_to_hub:
         check_push_ready(push_to)
@@ -274,16 +312,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         image_size = min_image_size(model)
     base_model_id, base_model_license = pretrained_source(model, model_args.model)
     record_input_config(model, image_size)
-    train_transform, eval_transform = build_transforms(model.timm_model, image_size, data_args.augmentation)
+    preprocessing = Preprocessing.for_model(model.timm_model, image_size, data_args.augmentation)
 
-    def as_torch(split, transform, name, seed=None):
-        return ImageClassificationDataset(split, splits.image_column, splits.label_column, transform, name, seed)
-
-    train_set = as_torch(splits.train, train_transform, "train", seed=training_args.seed)
-    validation_set = as_torch(splits.validation, eval_transform, "validation")
-    test_set = as_torch(splits.test, eval_transform, "test") if splits.test is not None else None
-
-    # 2. Strategy, checked against the epoch count.
+    # 2. Strategy, checked against the epoch count and the data pipeline.
     layout = BlockLayout.from_model(model)
     num_epochs = math.ceil(training_args.num_train_epochs)
     strategy = build_strategy(model_args.strategy, config, layout, num_epochs)
@@ -296,7 +327,20 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             strategy.name,
             " and ".join(alike),
         )
+    if data_args.cache_features:
+        check_feature_cache(strategy, model, data_args.augmentation)
     model = strategy.prepare_model(model)
+    train_set, validation_set, test_set = image_datasets(
+        splits, preprocessing, training_args.seed, data_args.cache_images, num_proc=training_args.dataloader_num_workers
+    )
+    if data_args.cache_features:
+        # The frozen backbone runs once per image; the Trainer then trains (and validates) the head alone.
+        model.to(training_args.device)
+        batch_size = training_args.per_device_eval_batch_size
+        train_rows = StoredFeatures.compute(model, train_set, batch_size)
+        validation_rows = StoredFeatures.compute(model, validation_set, batch_size)
+    else:
+        train_rows, validation_rows = train_set, validation_set
 
     # 3. Train (or resume); the best epoch is chosen on validation.
     identity = {
@@ -311,6 +355,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         "image_size": image_size,
         "augmentation": data_args.augmentation,
         "class_weights": data_args.class_weights,
+        "data_pipeline": "features" if data_args.cache_features else "decoded" if data_args.cache_images else "pil",
     }
     # A checkpoint of another run is refused here, before anything is written.
     saved_state = load_checkpoint_state(checkpoint, identity) if checkpoint else None
@@ -321,8 +366,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
     trainer = StrategyTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_set,
-        eval_dataset=validation_set,
+        train_dataset=train_rows,
+        eval_dataset=validation_rows,
         compute_metrics=metrics_lib.metrics_for_trainer(),
         compute_loss_func=loss,
         callbacks=[EarlyStoppingCallback(training_args.early_stopping_patience)]
@@ -333,7 +378,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
     )
     if saved_state is not None:
         trainer.restore_strategy_state(saved_state)
-    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with head_only(model) if data_args.cache_features else nullcontext():
+        train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     # 4. Evaluate the chosen model: validation, then the test split once. A binary task's decision threshold is
     # chosen on validation (Youden's J) and only applied to test.

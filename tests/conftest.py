@@ -20,7 +20,7 @@ from PIL import Image
 from timm.models import save_for_hf
 from transformers import TrainerCallback
 
-from medft_hf.data import ImageClassificationDataset, build_transforms, load_splits
+from medft_hf.data import ImageClassificationDataset, Preprocessing, load_splits
 from medft_hf.modeling import BlockLayout, load_model
 from medft_hf.strategies import STRATEGIES, build_strategy
 from medft_hf.train import MedftTrainingArguments
@@ -108,7 +108,7 @@ def make_trainer(
     transformers.set_seed(0)
     splits = load_splits(str(dataset_dir), seed=0)
     model = load_model(str(model_dir), splits.class_names)
-    train_tf, _ = build_transforms(model.timm_model, image_size)
+    train_tf, _ = Preprocessing.for_model(model.timm_model, image_size).pil_transforms()
     settings = {
         "output_dir": str(output_dir),
         "num_train_epochs": epochs,

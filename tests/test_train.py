@@ -241,6 +241,11 @@ def test_help_shows_every_strategy_flag_with_its_default():
         (["--hub_revision", "dev", "--hub_token", "x"], "error: --hub_token, --hub_revision: not used by medft-hf"),
         (["--positive_class", "cancer"], "error: --positive_class cancer: not a class of this dataset"),
         (["--class_weights", "inverse"], "argument --class_weights/--class-weights: invalid choice: 'inverse'"),
+        (["--dataloader_num_workers", "-1"], "error: --dataloader_num_workers -1: must be >= 0."),
+        (
+            ["--dataloader_num_workers", "1", "--dataloader_persistent_workers"],
+            "error: --dataloader_persistent_workers: a persistent worker keeps its copy of the training set at epoch 0",
+        ),
     ],
 )
 def test_bad_input_fails_with_one_clear_message(args, message, tmp_path, tiny_model):

@@ -1,0 +1,224 @@
+"""The fast paths: images decoded once and augmented as uint8 tensors; for a linear probe, backbone features once.
+
+Decoding (JPEG/PNG, RGB conversion, resizing) costs more than a small CNN's training step on a CPU and starves a
+GPU. `decode_split` does it once per image into an Arrow file that `datasets` keys by the split's fingerprint and
+the preprocessing, so a second run and every cell of a study read it back. Rows are read zero-copy from the
+memory-mapped file: a dataset larger than memory streams from disk. The cache takes 3 x size² bytes per image
+(12 KiB at 64 px, 147 KiB at 224 px) in the datasets cache folder (`HF_DATASETS_CACHE`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as tvf
+
+from .data import ImageClassificationDataset, ImageClassificationSplits, Preprocessing
+from .errors import MedftError
+from .images import to_rgb
+from .strategies import Strategy
+
+# Part of every cache fingerprint: bump it when what `decode_split` stores changes.
+CACHE_FORMAT = 1
+
+
+def decode_split(
+    split: datasets.Dataset,
+    image_column: str,
+    label_column: str,
+    preprocessing: Preprocessing,
+    name: str,
+    num_proc: int | None = None,
+) -> datasets.Dataset:
+    """The split as `pixels` (uint8 CHW bytes of the evaluation-resized image) and `labels`, decoded once."""
+    transform = preprocessing.decode_transform()
+    image_feature = datasets.Image()
+
+    def decode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        pixels = []
+        for index, value in zip(indices, batch[image_column], strict=True):
+            try:
+                image = to_rgb(image_feature.decode_example(value))
+            except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for undecodable bytes
+                raise MedftError(
+                    f"{name} row {index}: the image cannot be decoded ({error}). Fix or drop that row."
+                ) from error
+            pixels.append(transform(image).numpy().tobytes())
+        return {"pixels": pixels, "labels": batch[label_column]}
+
+    raw = split.select_columns([image_column, label_column]).cast_column(image_column, datasets.Image(decode=False))
+    key = [raw._fingerprint, preprocessing.size, preprocessing.interpolation, CACHE_FORMAT]
+    return raw.map(
+        decode,
+        batched=True,
+        with_indices=True,
+        remove_columns=[image_column, label_column],
+        features=datasets.Features({"pixels": datasets.Value("binary"), "labels": datasets.Value("int64")}),
+        new_fingerprint=datasets.fingerprint.Hasher.hash(key),
+        num_proc=num_proc or None,  # 0 workers: decode in this process
+        desc=f"Decoding the {name} images once",
+    )
+
+
+def image_datasets(
+    splits: ImageClassificationSplits,
+    preprocessing: Preprocessing,
+    seed: int,
+    cached: bool = True,
+    num_proc: int | None = None,
+) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset, torch.utils.data.Dataset | None]:
+    """Train (augmented, seeded per row), validation and test rows: read from the decoded-image cache, or
+    decoded and augmented with PIL on every read (`cached=False`)."""
+    named = {"train": splits.train, "validation": splits.validation, "test": splits.test}
+    named = {name: split for name, split in named.items() if split is not None}
+    columns = splits.image_column, splits.label_column
+    if cached:
+        decoded = {name: decode_split(split, *columns, preprocessing, name, num_proc) for name, split in named.items()}
+        rows = {name: DecodedImages(split, preprocessing, name == "train", seed) for name, split in decoded.items()}
+    else:
+        train_transform, eval_transform = preprocessing.pil_transforms()
+        rows = {
+            name: ImageClassificationDataset(split, *columns, eval_transform, name)
+            for name, split in named.items()
+            if name != "train"
+        }
+        rows["train"] = ImageClassificationDataset(splits.train, *columns, train_transform, "train", seed=seed)
+    return rows["train"], rows["validation"], rows.get("test")
+
+
+class DecodedImages(torch.utils.data.Dataset):
+    """Rows of a decoded split as `{"pixel_values", "labels"}`, normalised exactly as timm's transforms do.
+
+    With `augment`, row i in epoch e is cropped and flipped with its own generator seeded by (seed, e, i), as the
+    PIL pipeline does: the same pixels whatever the data order, the workers, or a resume mid-epoch.
+    """
+
+    def __init__(self, decoded: datasets.Dataset, preprocessing: Preprocessing, augment: bool = False, seed: int = 0):
+        self.pixels = decoded.data.column("pixels")
+        self.labels = decoded.data.column("labels").to_numpy()
+        self.preprocessing, self.seed, self.epoch = preprocessing, seed, 0
+        self.recipe = preprocessing.recipe if augment else None
+        self.interpolation = InterpolationMode(preprocessing.interpolation)
+        self.mean = torch.tensor(preprocessing.mean).view(-1, 1, 1)
+        self.std = torch.tensor(preprocessing.std).view(-1, 1, 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def uint8(self, index: int) -> torch.Tensor:
+        """Row `index` as stored (no augmentation): the pixels the evaluation transform sees."""
+        size = self.preprocessing.size
+        return torch.frombuffer(self.pixels[index].as_buffer(), dtype=torch.uint8).view(3, size, size)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        pixels = self.uint8(index)
+        if self.recipe is not None:
+            pixels = self._augment(pixels, np.random.default_rng([self.seed, self.epoch, index]))
+        # as timm's ToTensor + Normalize: x / 255, then (x - mean) / std, so the values match bit for bit
+        return {"pixel_values": pixels.float().div(255).sub(self.mean).div(self.std), "labels": int(self.labels[index])}
+
+    def _augment(self, pixels: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """The recipe's random resized crop (back to full size) and horizontal flip, on the uint8 tensor."""
+        size = self.preprocessing.size
+        top, left, height, width = random_resized_crop_box(rng, size, size, self.recipe["scale"], self.recipe["ratio"])
+        pixels = tvf.resized_crop(
+            pixels, top, left, height, width, [size, size], interpolation=self.interpolation, antialias=True
+        )
+        return pixels.flip(-1) if rng.random() < self.recipe["hflip"] else pixels
+
+
+def random_resized_crop_box(
+    rng: np.random.Generator, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a crop covering a `scale` share of the area with an aspect ratio in `ratio`
+    (log-uniform), as in Szegedy et al. 2015: ten tries, else the whole image.
+
+    Drawn from `rng` rather than torch's global generator: seeding that per row costs twice the crop itself.
+    """
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        area = height * width * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        crop_width, crop_height = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            top = int(rng.integers(0, height - crop_height + 1))
+            left = int(rng.integers(0, width - crop_width + 1))
+            return top, left, crop_height, crop_width
+    return 0, 0, height, width
+
+
+# ---- linear probing on stored features -----------------------------------------------------------------------
+def check_feature_cache(strategy: Strategy, model: torch.nn.Module, augmentation: str) -> None:
+    """Stored features stand in for the backbone only if it never trains and every image is seen unaugmented."""
+    backbone = {name for name, _ in model.named_parameters()} - set(strategy.layout.new)
+    head_only_strategy = strategy.only_freezes and all(
+        backbone <= strategy.frozen_tensors(epoch) for epoch in range(strategy.num_epochs)
+    )
+    if not head_only_strategy:
+        raise MedftError(
+            f"--cache_features: --strategy {strategy.name} trains more than the new head, so the backbone must run "
+            "on every step. Use it with --strategy lp, or drop --cache_features."
+        )
+    if augmentation != "none":
+        raise MedftError(
+            f"--cache_features stores one feature per image, so it cannot augment (--augmentation {augmentation}). "
+            "Pass --augmentation none, or drop --cache_features."
+        )
+
+
+class StoredFeatures(torch.utils.data.Dataset):
+    """Backbone features as the `pixel_values` of a model inside `head_only`."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.features, self.labels = features, labels
+
+    @classmethod
+    @torch.inference_mode()
+    def compute(cls, model: torch.nn.Module, rows: torch.utils.data.Dataset, batch_size: int) -> StoredFeatures:
+        """timm's `forward_features` of every row, in eval mode (BatchNorm on its running statistics): what a
+        frozen backbone hands the head, computed once instead of once per epoch."""
+        timm_model = model.timm_model
+        was_training = timm_model.training
+        timm_model.eval()
+        device = next(model.parameters()).device
+        features, labels = [], []
+        try:
+            for batch in torch.utils.data.DataLoader(rows, batch_size=batch_size):
+                features.append(timm_model.forward_features(batch["pixel_values"].to(device)).cpu())
+                labels.append(batch["labels"])
+        finally:
+            timm_model.train(was_training)
+        return cls(torch.cat(features), torch.cat(labels))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"pixel_values": self.features[index], "labels": self.labels[index]}
+
+
+@contextmanager
+def head_only(model: torch.nn.Module) -> Iterator[None]:
+    """Within: the model takes `forward_features` outputs as its input and runs only timm's `forward_head` (pooling,
+    dropout, classifier), exactly the layers a linear probe trains through. The weights are untouched, so a
+    checkpoint saved inside is the whole model."""
+    timm_model = model.timm_model
+    timm_model.forward_features = _identity  # an instance attribute shadows the method until deleted
+    try:
+        yield
+    finally:
+        del timm_model.forward_features
+
+
+def _identity(features: torch.Tensor) -> torch.Tensor:
+    return features

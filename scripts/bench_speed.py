@@ -1,0 +1,252 @@
+"""Training speed, side by side: the project's Trainer against a minimal bare PyTorch loop on the same model, weights
+and decoded images, in one process. `python scripts/bench_speed.py --help`; docs/performance.md has its output.
+
+Absolute speeds move between machines and even minutes; compare the ratios of pairs run back to back. Every timing
+covers training steps with their data pipeline (DataLoader, augmentation), not the one-off decoding of the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+from transformers import TrainerCallback
+
+from medft_hf.cache import StoredFeatures, head_only, image_datasets
+from medft_hf.data import Preprocessing, load_splits
+from medft_hf.metrics import metrics_for_trainer
+from medft_hf.modeling import BlockLayout, load_model
+from medft_hf.strategies import STRATEGIES, build_strategy
+from medft_hf.train import MedftTrainingArguments
+from medft_hf.trainer import StrategyTrainer
+
+
+@dataclass
+class Bench:
+    model: str
+    dataset: str
+    image_size: int
+    max_train_samples: int
+    batch_size: int
+    learning_rate: float
+    output: Path
+
+    def data(self, pipeline: str, augmentation: str = "light"):
+        splits = load_splits(self.dataset, max_train_samples=self.max_train_samples, seed=0)
+        model = load_model(self.model, splits.class_names)
+        preprocessing = Preprocessing.for_model(model.timm_model, self.image_size, augmentation)
+        train, validation, _ = image_datasets(splits, preprocessing, seed=0, cached=pipeline != "pil")
+        return model, train, validation
+
+    def trainer(self, strategy: str, epochs: int, pipeline: str = "decoded", evaluate: bool = False, bf16=False):
+        """The StrategyTrainer as train.py builds it (training steps only, unless `evaluate`: then validation and
+        a checkpoint every epoch, as a default run does)."""
+        transformers.set_seed(0)
+        augmentation = "none" if pipeline == "features" else "light"
+        model, train, validation = self.data(pipeline, augmentation)
+        built = build_strategy(strategy, None, BlockLayout.from_model(model), epochs)
+        model = built.prepare_model(model)
+        per_epoch = "epoch" if evaluate else "no"
+        args = MedftTrainingArguments(
+            output_dir=tempfile.mkdtemp(dir=self.output),
+            num_train_epochs=epochs,
+            learning_rate=self.learning_rate,
+            per_device_train_batch_size=self.batch_size,
+            eval_strategy=per_epoch,
+            save_strategy=per_epoch,
+            logging_strategy=per_epoch,
+            load_best_model_at_end=evaluate,
+            report_to="none",
+            disable_tqdm=True,
+            bf16=bf16,
+            seed=0,
+        )
+        started = time.perf_counter()
+        if pipeline == "features":
+            train = StoredFeatures.compute(model, train, args.per_device_eval_batch_size)
+            validation = StoredFeatures.compute(model, validation, args.per_device_eval_batch_size)
+        setup = time.perf_counter() - started
+        trainer = StrategyTrainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=validation,
+            compute_metrics=metrics_for_trainer() if evaluate else None,
+            strategy=built,
+        )
+        return trainer, setup
+
+    def project_seconds(self, strategy: str, epochs: int, pipeline: str = "decoded", bf16: bool = False) -> float:
+        trainer, setup = self.trainer(strategy, epochs, pipeline, bf16=bf16)
+        started = time.perf_counter()
+        with head_only(trainer.model) if pipeline == "features" else nullcontext():
+            trainer.train()
+        return setup + time.perf_counter() - started
+
+    def bare_seconds(self, strategy: str, epochs: int, channels_last: bool = False) -> float:
+        """A minimal loop: decoded uint8 tensors in memory, flip and a 4-pixel shift on whole batches, AdamW with
+        linear decay. For lp the backbone is frozen with its BatchNorm in eval mode."""
+        transformers.set_seed(0)
+        model, train, _ = self.data("decoded")
+        images = torch.stack([train.uint8(i) for i in range(len(train))])
+        labels = torch.as_tensor(train.labels)
+        head = [p for name, p in model.named_parameters() if name in BlockLayout.from_model(model).new]
+        if strategy == "lp":
+            model.requires_grad_(False)
+            for parameter in head:
+                parameter.requires_grad_(True)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=self.learning_rate, weight_decay=1e-4)
+        steps = epochs * math.ceil(len(labels) / self.batch_size)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+        mean, std = train.mean * 255, train.std * 255
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        model.to(memory_format=memory_format)
+        started = time.perf_counter()
+        for _ in range(epochs):
+            model.train()
+            if strategy == "lp":
+                model.timm_model.eval()  # frozen BatchNorm keeps its statistics
+            for batch in torch.randperm(len(labels)).split(self.batch_size):
+                x = images[batch]
+                x = torch.where(torch.rand(len(x), 1, 1, 1) < 0.5, x.flip(-1), x)
+                dy, dx = torch.randint(-4, 5, (2,)).tolist()
+                x = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="replicate")[
+                    ..., 4 + dy : 4 + dy + x.shape[-2], 4 + dx : 4 + dx + x.shape[-1]
+                ]
+                logits = model(pixel_values=((x.float() - mean) / std).contiguous(memory_format=memory_format)).logits
+                loss = torch.nn.functional.cross_entropy(logits, labels[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+        return time.perf_counter() - started
+
+    def evaluation_share(self, epochs: int) -> dict[str, float]:
+        """FT with validation and a checkpoint every epoch: the share of `train()`'s wall time outside the epochs'
+        training loops (evaluation, checkpoints, set-up)."""
+        trainer, _ = self.trainer("ft", epochs, evaluate=True)
+        clock = EpochClock()
+        trainer.add_callback(clock)
+        output = trainer.train()
+        runtime = output.metrics["train_runtime"]
+        return {"train_runtime_s": runtime, "in_epochs_s": clock.total, "outside_share": 1 - clock.total / runtime}
+
+
+class EpochClock(TrainerCallback):
+    """Seconds from each epoch's start to its last optimizer step (batches, forward, backward, step)."""
+
+    def __init__(self):
+        self.total, self.started, self.last_step = 0.0, None, None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.last_step = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.total += self.last_step - self.started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="timm Hub id or local folder")
+    parser.add_argument("--dataset", required=True, help="Hub id or local folder")
+    parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("--max_train_samples", type=int, default=1200)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per timed run")
+    parser.add_argument("--repeats", type=int, default=3, help="paired repeats (medians are reported)")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated")
+    parser.add_argument("--lp_epochs", type=int, default=10, help="epochs of the cached-feature LP comparison")
+    parser.add_argument("--json", type=Path, help="also write the raw timings here")
+    args = parser.parse_args()
+    transformers.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    strategies = args.strategies.split(",")
+    with tempfile.TemporaryDirectory() as scratch:
+        bench = Bench(
+            args.model,
+            args.dataset,
+            args.image_size,
+            args.max_train_samples,
+            args.batch_size,
+            args.learning_rate,
+            Path(scratch),
+        )
+        images = args.max_train_samples * args.epochs
+        raw: dict[str, list[float]] = {}
+
+        def timed(key: str, seconds: float) -> None:
+            raw.setdefault(key, []).append(seconds)
+            print(f"  {key}: {seconds:.1f} s", flush=True)
+
+        for repeat in range(args.repeats):
+            print(f"repeat {repeat + 1}/{args.repeats}", flush=True)
+            for strategy in strategies:
+                timed(f"project {strategy}", bench.project_seconds(strategy, args.epochs))
+                if strategy in ("ft", "lp"):
+                    timed(f"bare {strategy}", bench.bare_seconds(strategy, args.epochs))
+                    timed(f"project {strategy} pil", bench.project_seconds(strategy, args.epochs, "pil"))
+            if "ft" in strategies:
+                timed("project ft bf16", bench.project_seconds("ft", args.epochs, bf16=True))
+                timed("bare ft channels_last", bench.bare_seconds("ft", args.epochs, channels_last=True))
+            timed(f"lp pil {args.lp_epochs} epochs", bench.project_seconds("lp", args.lp_epochs, "pil"))
+            timed(f"lp features {args.lp_epochs} epochs", bench.project_seconds("lp", args.lp_epochs, "features"))
+        share = bench.evaluation_share(6)
+
+    median = {key: statistics.median(values) for key, values in raw.items()}
+
+    def ratios(numerator: str, denominator: str) -> str:
+        pairs = [a / b for a, b in zip(raw[numerator], raw[denominator], strict=True)]
+        return ", ".join(f"{r:.2f}" for r in pairs) + f" (median {statistics.median(pairs):.2f})"
+
+    print(
+        f"\n{args.model} at {args.image_size} px, batch {args.batch_size}, {args.epochs} epochs of "
+        f"{args.max_train_samples} images, {args.repeats} paired repeats, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        "\n| strategy | Trainer (img/s) | bare loop (img/s) | Trainer / bare, time per image (per pair) | "
+        "step vs FT (per pair) |"
+    )
+    print("|---|---|---|---|---|")
+    for strategy in strategies:
+        project, bare = f"project {strategy}", f"bare {strategy}"
+        versus_bare = f"{images / median[bare]:.0f} | {ratios(project, bare)}" if bare in raw else "- | -"
+        print(f"| {strategy} | {images / median[project]:.0f} | {versus_bare} | {ratios(project, 'project ft')} |")
+    print("\nBefore the cache (PIL decoding and augmentation on every step), Trainer time per image vs cached:")
+    for strategy in ("ft", "lp"):
+        if f"project {strategy} pil" in raw:
+            print(f"- {strategy}: {ratios(f'project {strategy} pil', f'project {strategy}')}")
+    if "project ft bf16" in raw:
+        print("\nPrecision and memory format, time per image against the default:")
+        print(f"- ft with --bf16 (autocast) vs fp32, time per image: {ratios('project ft bf16', 'project ft')}")
+        print(f"- bare ft with channels-last vs contiguous: {ratios('bare ft channels_last', 'bare ft')}")
+    print(
+        f"\nLP for {args.lp_epochs} epochs: PIL pipeline with light augmentation (before) "
+        f"{median[f'lp pil {args.lp_epochs} epochs']:.1f} s, cached features (feature extraction included) "
+        f"{median[f'lp features {args.lp_epochs} epochs']:.1f} s; features / before: "
+        f"{ratios(f'lp features {args.lp_epochs} epochs', f'lp pil {args.lp_epochs} epochs')}"
+    )
+    print(
+        f"\nFT, 6 epochs with validation and a checkpoint every epoch: train_runtime {share['train_runtime_s']:.1f} s, "
+        f"of which {share['outside_share']:.1%} outside the epochs' training loops"
+    )
+    if args.json:
+        args.json.write_text(json.dumps({"raw_seconds": raw, "evaluation_share": share, **vars(args)}, default=str))
+
+
+if __name__ == "__main__":
+    main()

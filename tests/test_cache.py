@@ -1,0 +1,107 @@
+"""The fast paths change nothing but speed: the decoded-image cache gives the evaluation transform's pixels, its
+augmentation is seeded per row, and a linear probe on stored features trains exactly what an uncached one does."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from conftest import CLASS_NAMES, make_images
+from PIL import Image
+from safetensors.torch import load_file
+from test_train import train
+
+from medft_hf.cache import DecodedImages, decode_split, random_resized_crop_box
+from medft_hf.data import ImageClassificationDataset, Preprocessing
+from medft_hf.errors import MedftError
+from medft_hf.results import RunResult
+
+
+def _split(images) -> datasets.Dataset:
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
+    return datasets.Dataset.from_dict({"image": images, "label": [0] * len(images)}, features=features)
+
+
+@pytest.mark.parametrize("size", [32, 45])
+def test_the_cache_returns_the_pixels_of_decoding_directly(size):
+    images, _ = make_images(4, seed=3, size=60)
+    ramp = np.linspace(0, 4095, 60 * 40, dtype=np.uint16).reshape(40, 60)  # 12-bit, not square
+    gray = np.random.default_rng(0).integers(0, 255, (50, 70), dtype=np.uint8)
+    images += [Image.fromarray(ramp), Image.fromarray(gray, mode="L")]
+    split = _split(images)
+    preprocessing = Preprocessing(size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic", "none")
+    cached = DecodedImages(decode_split(split, "image", "label", preprocessing, "test"), preprocessing)
+    _, evaluation = preprocessing.pil_transforms()
+    direct = ImageClassificationDataset(split, "image", "label", evaluation, "test")
+    for index in range(len(split)):
+        assert torch.equal(cached[index]["pixel_values"], direct[index]["pixel_values"]), index
+
+
+def test_augmentation_is_seeded_per_row_whatever_the_order():
+    images, _ = make_images(6, seed=1, size=40)
+    preprocessing = Preprocessing(32, (0.5,) * 3, (0.25,) * 3, "bilinear", "rrc")
+    decoded = decode_split(_split(images), "image", "label", preprocessing, "train")
+    rows = DecodedImages(decoded, preprocessing, augment=True, seed=7)
+    forward = [rows[i]["pixel_values"] for i in range(6)]
+    backward = [rows[i]["pixel_values"] for i in reversed(range(6))][::-1]
+    assert all(torch.equal(a, b) for a, b in zip(forward, backward, strict=True))
+    rows.set_epoch(1)
+    assert not torch.equal(rows[0]["pixel_values"], forward[0])  # a new epoch draws new crops
+    unaugmented = DecodedImages(decoded, preprocessing)
+    assert not torch.equal(unaugmented[0]["pixel_values"], forward[0])
+
+
+def test_crop_boxes_stay_inside_the_image_and_cover_the_requested_area():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        top, left, height, width = random_resized_crop_box(rng, 64, 64, (0.5, 1.0), (3 / 4, 4 / 3))
+        assert 0 <= top <= 64 - height and 0 <= left <= 64 - width
+        assert 0.5 * 64 * 64 * 0.9 <= height * width <= 64 * 64  # rounding aside
+        assert 3 / 4 - 0.05 <= width / height <= 4 / 3 + 0.05
+
+
+def test_a_corrupt_image_in_the_cache_names_its_row():
+    images, _ = make_images(3, seed=0)
+    split = _split(images).cast_column("image", datasets.Image(decode=False))
+    rows = split.to_dict()
+    rows["image"][2] = {"bytes": b"not an image", "path": None}
+    broken = datasets.Dataset.from_dict(rows, features=split.features).cast_column("image", datasets.Image())
+    preprocessing = Preprocessing(32, (0.5,) * 3, (0.25,) * 3, "bilinear", "none")
+    with pytest.raises(MedftError, match="train row 2: the image cannot be decoded"):
+        decode_split(broken, "image", "label", preprocessing, "train")
+
+
+def test_cached_feature_lp_trains_exactly_what_an_uncached_lp_trains(tiny_model, tiny_dataset, tmp_path):
+    common = ["--strategy", "lp", "--augmentation", "none", "--num_train_epochs", "2", "--bootstrap_resamples", "0"]
+    uncached = train(tiny_model, tiny_dataset, tmp_path / "images", *common)
+    features = train(tiny_model, tiny_dataset, tmp_path / "features", *common, "--cache_features")
+    assert (uncached.data_pipeline, features.data_pipeline) == ("decoded", "features")
+    for mine, theirs in zip(features.history, uncached.history, strict=True):
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
+        assert mine["validation"]["loss"] == pytest.approx(theirs["validation"]["loss"], rel=1e-5)
+    before = load_file(tiny_model / "model.safetensors")
+    weights = [load_file(tmp_path / name / "model.safetensors") for name in ("features", "images")]
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(tensor, weights[1][name], rtol=1e-5, atol=1e-6)
+        timm_name = name.removeprefix("timm_model.")
+        if not timm_name.startswith("classifier."):  # only the head trains
+            assert torch.equal(tensor, before[timm_name]), name
+    assert RunResult.load(tmp_path / "features").test["balanced_accuracy"] == pytest.approx(
+        uncached.test["balanced_accuracy"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--strategy", "ft", "--augmentation", "none"], "--strategy ft trains more than the new head"),
+        (["--strategy", "lp"], "cannot augment \\(--augmentation light\\)"),
+    ],
+)
+def test_cached_features_are_refused_where_they_would_change_training(
+    args, message, tiny_model, tiny_dataset, tmp_path
+):
+    with pytest.raises(MedftError, match=message):
+        train(tiny_model, tiny_dataset, tmp_path / "run", *args, "--cache_features")
+    assert not (tmp_path / "run").exists()
