@@ -2,7 +2,7 @@
 `hub_configs/benchmarks/defaults.yaml`.
 
     python scripts/defaults_report.py docs/results/defaults/runs
-    python scripts/defaults_report.py runs/defaults --choose lpft    # print only LP-FT's chosen rate
+    python scripts/defaults_report.py runs/defaults --choose lpft    # only LP-FT's chosen setting, as a --filter
 
 For each ablation (Auto-RGN's head rule and reference tensors, LP-FT's fine-tuning rate, the augmentation of FT),
 every variant's validation and test balanced accuracy per dataset (mean ± std over seeds, n), and the variant chosen:
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,7 @@ from medft_hf.strategies import STRATEGIES
 
 METRIC = "balanced_accuracy"
 ABLATIONS = {
-    "auto_rgn": ["rgn_head"],
+    "auto_rgn": ["rgn_head", "rgn_norms", "rgn_fresh_optimizer"],
     "lpft": ["ft_learning_rate"],
     "ft": ["augmentation"],
 }
@@ -34,8 +35,11 @@ ABLATIONS = {
 def load(root: str) -> pd.DataFrame:
     runs, _ = collect(root)
     configs = runs["strategy_config"].map(json.loads)
-    for key in {key for keys in ABLATIONS.values() for key in keys} - {"augmentation"}:
-        runs[key] = configs.map(lambda config, key=key: config.get(key))
+    for strategy, keys in ABLATIONS.items():
+        # a run made before a flag existed ran at what is now its default
+        defaults = {f.name: f.default for f in fields(STRATEGIES[strategy].config_class)}
+        for key in set(keys) - {"augmentation"}:
+            runs[key] = configs.map(lambda config, key=key, default=defaults[key]: config.get(key, default))
     return runs
 
 
@@ -135,12 +139,15 @@ def _below(stats: dict[str, tuple[float, float]], name: str, others: list[str]) 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", help="a folder of runs of hub_configs/benchmarks/defaults.yaml")
-    parser.add_argument("--choose", choices=list(ABLATIONS), help="print only this strategy's chosen setting")
+    parser.add_argument(
+        "--choose", choices=list(ABLATIONS), help="print only this strategy's chosen setting (key=value,...)"
+    )
     parser.add_argument("--figure", help="also draw Auto-RGN's rate factors per head rule into this PNG")
     args = parser.parse_args(argv)
     runs = load(args.runs)
     if args.choose:
-        print(*ablation(runs, args.choose, ABLATIONS[args.choose])[1].values())
+        chosen = ablation(runs, args.choose, ABLATIONS[args.choose])[1]
+        print(",".join(f"{key}={value}" for key, value in chosen.items()))  # a medft-benchmark --filter
         return
     chosen = {}
     for strategy, keys in ABLATIONS.items():

@@ -11,6 +11,6 @@ bench "strategy=lpft,seed=0"
 bench "strategy=auto_rgn"
 bench "strategy=ft,augmentation=rrc,seed=0"
 # LP-FT's fine-tuning rate: the one with the best validation score over the datasets (seed 0), then its other seeds.
-rate=$(python scripts/defaults_report.py "$OUT" --choose lpft)
-bench "strategy=lpft,seed=1|2,ft_learning_rate=$rate"
+setting=$(python scripts/defaults_report.py "$OUT" --choose lpft)
+bench "strategy=lpft,seed=1|2,$setting"
 python scripts/defaults_report.py "$OUT"

@@ -186,9 +186,12 @@ def test_sp_anchor_is_the_pretrained_weights(tiny_model, tiny_dataset, tmp_path)
     assert trainer.strategy.penalty(trainer.model) > 0
 
 
-@pytest.mark.parametrize(("rgn_head", "rgn_max_over"), [("official", "all"), ("base", "all"), ("base", "weights")])
+@pytest.mark.parametrize(
+    ("rgn_head", "rgn_max_over", "rgn_norms"),
+    [("official", "all", "frozen"), ("base", "all", "frozen"), ("base", "weights", "frozen"), ("base", "all", "train")],
+)
 def test_auto_rgn_rates_are_base_times_rgn_over_max_with_the_scheduler(
-    rgn_head, rgn_max_over, tiny_model, tiny_dataset, tmp_path
+    rgn_head, rgn_max_over, rgn_norms, tiny_model, tiny_dataset, tmp_path
 ):
     base_lr = 0.01
     trainer, _ = make_trainer(
@@ -202,6 +205,7 @@ def test_auto_rgn_rates_are_base_times_rgn_over_max_with_the_scheduler(
         rgn_batches=2,
         rgn_head=rgn_head,
         rgn_max_over=rgn_max_over,
+        rgn_norms=rgn_norms,
     )
     model = trainer.model
     trainer.create_optimizer_and_scheduler(num_training_steps=20)
@@ -212,7 +216,7 @@ def test_auto_rgn_rates_are_base_times_rgn_over_max_with_the_scheduler(
     norm_owned = {
         f"{m}.{p}"
         for m, mod in model.named_modules()
-        if isinstance(mod, torch.nn.BatchNorm2d)
+        if isinstance(mod, torch.nn.BatchNorm2d) and rgn_norms == "frozen"
         for p in ("weight", "bias")
     }
     names = [n for n in named if n not in norm_owned]
@@ -243,7 +247,7 @@ def test_auto_rgn_rates_are_base_times_rgn_over_max_with_the_scheduler(
 
     trainer.begin_strategy_epoch(0)
     groups = trainer.optimizer.param_groups
-    assert [g["params"][0] for g in groups] == [named[n] for n in names], "one group per non-BatchNorm tensor"
+    assert [g["params"][0] for g in groups] == [named[n] for n in names], "one group per measured tensor"
     scheduler = trainer.lr_scheduler
     for step in range(8):
         schedule = base_lr * min(1.0, step / 4) if step < 4 else base_lr * (20 - step) / 16
@@ -267,6 +271,14 @@ def test_auto_rgn_trains_and_leaves_batchnorm_parameters_alone(tiny_model, tiny_
     for epoch in strategy.history:
         assert len(epoch["blocks"]) == len(strategy.layout.blocks)
         assert all(0 < value <= 1 for value in [*epoch["blocks"], epoch["head"]])
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_auto_rgn_restarts_adam_each_epoch_only_when_asked(fresh, tiny_model, tiny_dataset, tmp_path):
+    trainer, _ = make_trainer("auto_rgn", tiny_model, tiny_dataset, tmp_path, epochs=2, rgn_fresh_optimizer=fresh)
+    trainer.train()  # 3 steps per epoch
+    steps = {int(state["step"]) for state in trainer.optimizer.state.values()}
+    assert steps == ({3} if fresh else {6})
 
 
 # ---- LP-FT as two optimisations -------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ small, so its RGN dwarfs every pretrained tensor's and the maximum hands the bac
 `--rgn_head base` (the default, chosen on validation: docs/results/defaults/README.md) trains the new head at
 the base rate and takes the maximum over the pretrained tensors only; `--rgn_head official` measures the head
 like every other tensor. `--rgn_max_over weights` lets only tensors of two or more dimensions (kernels,
-matrices) set the maximum; a bias or other 1-D tensor above it is capped at the base rate.
+matrices) set the maximum; a bias or other 1-D tensor above it is capped at the base rate. `--rgn_norms train`
+and `--rgn_fresh_optimizer false` depart from the official code in the two other places where it differs from
+fine-tuning (BatchNorm's scale and shift, Adam's moments), for the ablation in docs/results/auto-rgn.
 """
 
 from dataclasses import dataclass, field
@@ -50,6 +52,18 @@ class AutoRGNConfig(StrategyConfig):
             "choices": ["all", "weights"],
         },
     )
+    rgn_norms: str = field(
+        default="frozen",  # as in the official code
+        metadata={
+            "help": "auto_rgn: BatchNorm scale and shift 'frozen' (left out of the optimizer, as in Lee et al.'s code; "
+            "the running statistics still follow the data) or 'train' (measured and scaled like any tensor).",
+            "choices": ["frozen", "train"],
+        },
+    )
+    rgn_fresh_optimizer: bool = field(
+        default=True,  # the official code builds a new Adam every epoch
+        metadata={"help": "auto_rgn: restart Adam's moments at every epoch, when the rates are re-measured."},
+    )
     bounds: ClassVar[dict[str, tuple[str, float]]] = {"rgn_batches": (">=", 1)}
 
 
@@ -59,13 +73,16 @@ class AutoRGN(Strategy):
     summary = "Auto-RGN: each tensor's learning rate ∝ its relative gradient norm, re-measured every epoch"
     reference = "Lee et al. 2023, 'Surgical Fine-Tuning Improves Adaptation to Distribution Shifts', ICLR"
     config_class = AutoRGNConfig
-    resets_optimizer_state = True
+
+    @property
+    def resets_optimizer_state(self) -> bool:
+        return self.config.rgn_fresh_optimizer
 
     def setup(self, model: nn.Module) -> None:
         norm_parameters = {
             f"{module_name}.{name}"
             for module_name, module in model.named_modules()
-            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and self.config.rgn_norms == "frozen"
             for name, _ in module.named_parameters(recurse=False)
         }
         parameters = dict(model.named_parameters())
@@ -82,7 +99,8 @@ class AutoRGN(Strategy):
         self.history: list[dict[str, Any]] = []
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-        """One group per tensor (each gets its own rate); BatchNorm is left out, so it never updates."""
+        """One group per tensor (each gets its own rate); with `rgn_norms frozen`, BatchNorm is left out, so it
+        never updates."""
         parameters = dict(model.named_parameters())
         decay_rule = param_groups_weight_decay(model, weight_decay)
         decay_of = {id(p): group["weight_decay"] for group in decay_rule for p in group["params"]}
