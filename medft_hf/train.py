@@ -149,6 +149,13 @@ class MedftTrainingArguments(TrainingArguments):
     bootstrap_resamples: int = field(
         default=1000, metadata={"help": "Bootstrap resamples for the test metrics' 95 percent intervals (0: none)."}
     )
+    skip_test: bool = field(
+        default=False,
+        metadata={
+            "help": "Leave the test split unevaluated (a search trial: configurations are compared on validation, "
+            "and only the chosen one meets the test split)."
+        },
+    )
 
     def __post_init__(self):
         # Checked before transformers' own set-up, which would fail later with a raw traceback (or not at all).
@@ -281,7 +288,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
 
     train_set = as_torch(splits.train, train_transform, "train", seed=training_args.seed)
     validation_set = as_torch(splits.validation, eval_transform, "validation")
-    test_set = as_torch(splits.test, eval_transform, "test") if splits.test is not None else None
+    has_test = splits.test is not None and not training_args.skip_test
+    test_set = as_torch(splits.test, eval_transform, "test") if has_test else None
 
     # 2. Strategy, checked against the epoch count.
     layout = BlockLayout.from_model(model)
