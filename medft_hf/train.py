@@ -14,7 +14,7 @@ import os
 import sys
 from argparse import SUPPRESS, RawDescriptionHelpFormatter
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,13 @@ class MedftTrainingArguments(TrainingArguments):
     bootstrap_resamples: int = field(
         default=1000, metadata={"help": "Bootstrap resamples for the test metrics' 95 percent intervals (0: none)."}
     )
+    skip_test: bool = field(
+        default=False,
+        metadata={
+            "help": "Leave the test split unevaluated (a search trial: configurations are compared on validation, "
+            "and only the chosen one meets the test split)."
+        },
+    )
 
     def __post_init__(self):
         # Checked before transformers' own set-up, which would fail later with a raw traceback (or not at all).
@@ -299,6 +306,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         data_args.max_train_samples,
         seed=training_args.seed,
     )
+    if training_args.skip_test:
+        splits = replace(splits, test=None)  # not even decoded
     positive_label = positive_label_of(data_args.positive_class, splits.class_names)
     model = load_model(model_args.model, splits.class_names)
     image_size = model_args.image_size or model.config.pretrained_cfg["input_size"][-1]

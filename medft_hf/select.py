@@ -1,0 +1,227 @@
+"""Choose the fine-tuning strategy (and its learning rate, augmentation and knobs) for a dataset within a budget.
+
+    medft-select --model timm/tf_efficientnet_lite0.in1k --dataset <hub id or folder> --budget 2h --output_dir sel
+
+The recipe: check everything and refuse a budget too small to try every strategy once (nothing is written before);
+search on the validation split with Optuna (successive halving over complete schedules of growing length, see
+medft_hf/selection/trials.py); train the chosen configuration for the full --num_train_epochs on as many seeds as
+the budget allows, evaluating the test split once per final run; write the ranking and link `model/` to seed 0.
+Any other flag is a train.py flag: passed, it is fixed for every run; a searched one (--learning_rate,
+--augmentation, --sp_alpha, --ft_learning_rate) is then not searched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import optuna
+import transformers
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+
+from .errors import MedftError, exit_on_error
+from .modeling import architecture_layout
+from .results import RunResult
+from .selection import ranking as ranking_lib
+from .selection.budget import Budget, Plan, plan
+from .selection.space import SearchSpace, flags_of
+from .selection.storage import (
+    open_storage,
+    open_study,
+    requeue_interrupted,
+    seconds_per_epoch,
+    spent,
+    wait_for_other_workers,
+)
+from .selection.trials import Objective, run_once, trial_flags
+from .strategies import STRATEGIES, strategy_config_classes
+from .train import DataArguments, HelpFormatter, MedftTrainingArguments, ModelArguments, parse_dict
+
+logger = logging.getLogger("medft_hf")
+# Set by the search for every run, so not flags a user may pass.
+SEARCH_OWNS = ("strategy", "seed", "output_dir", "skip_test", "resume_from_checkpoint", "overwrite_output_dir")
+
+
+@dataclass
+class SelectArguments:
+    budget: str = field(
+        metadata={"help": "Epochs summed over every run (60ep), or worker time (90s, 30m, 2h), final runs included."}
+    )
+    strategies: list[str] = field(
+        default_factory=lambda: list(STRATEGIES),
+        metadata={"help": "The strategies searched (default: all).", "choices": list(STRATEGIES)},
+    )
+    storage: str | None = field(
+        default=None,
+        metadata={"help": "The Optuna database URL that workers share (default: sqlite:///OUTPUT_DIR/search.db)."},
+    )
+    seeds: int = field(default=3, metadata={"help": "Final runs of the chosen configuration, if the budget allows."})
+    reduction_factor: int = field(
+        default=3, metadata={"help": "Successive halving's η: each rung is η times longer and keeps 1/η of trials."}
+    )
+
+
+@dataclass
+class Selection:
+    """What a search produced (also written as ranking.json / ranking.md)."""
+
+    ranking: ranking_lib.Ranking
+    model_dir: Path
+    final: list[RunResult]
+
+
+def select(args: SelectArguments, flags: dict[str, Any]) -> Selection:
+    """Search, choose and train the final model; `flags` are train.py arguments (output_dir the search's folder)."""
+    owned = sorted(set(flags) & set(SEARCH_OWNS) - {"output_dir"})
+    if owned:
+        raise MedftError(f"{', '.join('--' + name for name in owned)}: set by the search for each run; drop them.")
+    if not flags.get("output_dir"):
+        raise MedftError("--output_dir: required (the search's runs, database and ranking go there).")
+    if args.seeds < 1 or args.reduction_factor < 2:
+        raise MedftError("--seeds must be >= 1 and --reduction_factor >= 2.")
+    output_dir = Path(flags["output_dir"])
+    base = {key: value for key, value in flags.items() if key != "output_dir"}
+    model_args, _, _, training_args = parse_dict(base)  # every flag checked now, before anything is written
+    final_epochs = math.ceil(training_args.num_train_epochs)
+    space = SearchSpace.build(
+        args.strategies, base, architecture_layout(model_args.model), final_epochs, args.reduction_factor
+    )
+    budget = Budget.parse(args.budget)
+    split = plan(budget, space.rungs[0], len(space.strategies), final_epochs, args.seeds, _probe(budget, space, base))
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(args.storage or f"sqlite:///{(output_dir / 'search.db').resolve()}")
+    settings = {"flags": base, "strategies": space.strategies, "rungs": space.rungs, "eta": args.reduction_factor}
+    study = open_study(storage, settings, space, args.reduction_factor)
+    requeue_interrupted(study)
+    _search(study, space, split, base, output_dir)
+    wait_for_other_workers(study)
+
+    trials = ranking_lib.records(study, space)
+    choice = ranking_lib.choose(trials, final_epochs)
+    search_used = spent(study, budget.unit)
+    measured = seconds_per_epoch(study, split.seconds_per_epoch)
+    final = _train_final(choice.trial, split, budget.amount - search_used, measured, base, output_dir, args.seeds)
+    model_dir = output_dir / "model"
+    _link(model_dir, final[0][0])
+    final_used = budget.cost(final_epochs * len(final), measured)
+    result = ranking_lib.Ranking(
+        trials=trials,
+        choice=choice,
+        budget={"budget": budget.describe(), "unit": budget.unit, "search_used": budget.describe(search_used),
+                "final_used": budget.describe(final_used), "final_seeds": len(final), "rungs": list(space.rungs)},
+        final=ranking_lib.final_rows(final, output_dir),
+    )  # fmt: skip
+    ranking_lib.write(result, output_dir)
+    return Selection(result, model_dir, [r for _, r in final])
+
+
+def _probe(budget: Budget, space: SearchSpace, base: dict[str, Any]) -> float:
+    """Seconds per epoch, measured on one short run outside the output folder (a time budget only)."""
+    if budget.unit == "epochs":
+        return float("nan")
+    epochs = space.rungs[0]
+    configuration = flags_of(space.starting_points()[0])
+    with tempfile.TemporaryDirectory(prefix="medft-select-probe-") as folder:
+        _, seconds = run_once({**trial_flags(base, configuration, epochs, 0), "skip_test": True}, Path(folder) / "run")
+    return seconds / epochs
+
+
+def _search(study: optuna.Study, space: SearchSpace, split: Plan, base: dict[str, Any], output_dir: Path) -> None:
+    """Run trials until the search budget cannot pay for another first rung; a bar shows the budget and the best."""
+    unit = split.budget.unit
+    bar = tqdm(total=round(split.search_budget, 1), unit="ep" if unit == "epochs" else "s", desc="medft-select")
+
+    def refresh() -> None:
+        bar.n = round(spent(study, unit), 1)
+        scored = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
+        if scored:
+            best = max(scored, key=lambda t: (t.last_step, t.intermediate_values[t.last_step]))
+            bar.set_postfix_str(f"best: trial {best.number} {best.params['strategy']} "
+                                f"{best.intermediate_values[best.last_step]:.4f}")  # fmt: skip
+        bar.refresh()
+
+    def first_rung_fits() -> bool:
+        cost = split.budget.cost(space.rungs[0], seconds_per_epoch(study, split.seconds_per_epoch))
+        return spent(study, unit) + cost <= split.search_budget + 1e-9
+
+    def after_trial(study: optuna.Study, _) -> None:
+        refresh()
+        if not first_rung_fits():
+            study.stop()
+
+    objective = Objective(space, split, base, output_dir / "trials", refresh)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with bar:  # closed also when interrupted, so a rerun's bar starts on a clean line
+        refresh()
+        if first_rung_fits():
+            study.optimize(objective, callbacks=[after_trial], gc_after_trial=True)
+
+
+def _train_final(
+    chosen: ranking_lib.TrialRecord, split: Plan, left: float, seconds_per_epoch: float, base: dict[str, Any],
+    output_dir: Path, seeds: int,
+) -> list[tuple[Path, RunResult]]:  # fmt: skip
+    """The chosen configuration at the full epoch count, on as many seeds (up to `seeds`) as the budget `left` pays
+    (at least one: the plan reserved it)."""
+    affordable = math.floor(left / split.budget.cost(split.final_epochs, seconds_per_epoch) + 1e-9)
+    folder = output_dir / "final" / (chosen.folder or f"{chosen.number:03d}")
+    return [
+        (folder / f"seed{seed}", run_once(trial_flags(base, chosen.configuration, split.final_epochs, seed),
+                                          folder / f"seed{seed}")[0])
+        for seed in range(max(1, min(seeds, affordable)))
+    ]  # fmt: skip
+
+
+def _link(link: Path, target: Path) -> None:
+    """Point `link` at `target` (relative, replaced atomically: a rerun that chooses another configuration)."""
+    temporary = link.with_name(f".{link.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
+    temporary.replace(link)
+
+
+def _parser() -> HfArgumentParser:
+    return HfArgumentParser(
+        [SelectArguments, ModelArguments, DataArguments, *strategy_config_classes(), MedftTrainingArguments],
+        prog="medft-select",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[SelectArguments, dict[str, Any]]:
+    """The search's own arguments, and the train.py flags given on the command line (typed), by name."""
+    argv = sys.argv[1:] if argv is None else argv
+    select_args, *parsed = _parser().parse_args_into_dataclasses(args=argv)
+    given = {token[2:].split("=")[0] for token in argv if token.startswith("--")}
+    own = {f.name for f in fields(SelectArguments)}
+    flags = {
+        name: getattr(container, name)
+        for name in given - own
+        for container in parsed
+        if name in {f.name for f in fields(container)}
+    }
+    return select_args, flags
+
+
+def main(argv: list[str] | None = None) -> None:
+    transformers.utils.logging.set_verbosity_error()
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    with exit_on_error():
+        select_args, flags = parse_args(argv)
+        selection = select(select_args, {"disable_tqdm": True, **flags})
+    choice = selection.ranking.choice
+    print(f"chosen: trial {choice.trial.number} {choice.trial.configuration}: {choice.reason}")
+    print(f"model: {selection.model_dir}; ranking: {Path(flags['output_dir']) / ranking_lib.RANKING_MD}")
+
+
+if __name__ == "__main__":
+    main()

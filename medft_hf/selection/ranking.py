@@ -1,0 +1,164 @@
+"""The search's outcome as people and scripts read it: every trial with its validation score at each rung and the
+budget it used, the configuration chosen and why, and the final runs' test scores."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ..errors import MedftError
+from ..results import RunResult, write_json_atomic
+from .space import SearchSpace, flags_of
+from .storage import EPOCHS, ERROR, RETRY_OF, SECONDS, first_number
+
+RANKING_JSON, RANKING_MD = "ranking.json", "ranking.md"
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    state: str
+    configuration: dict[str, Any]  # train flags
+    scores: dict[int, float]  # rung epochs -> validation balanced accuracy
+    epochs: int  # budget used: epochs trained by this trial (reused runs cost nothing)
+    seconds: float
+    folder: str | None
+    note: str = ""
+
+    @property
+    def top(self) -> tuple[int, float]:
+        """(epochs, score) at the longest rung this trial reached."""
+        epochs = max(self.scores)
+        return epochs, self.scores[epochs]
+
+
+@dataclass
+class Choice:
+    trial: TrialRecord
+    reason: str
+
+
+@dataclass
+class Ranking:
+    trials: list[TrialRecord]  # best first
+    choice: Choice
+    budget: dict[str, Any]
+    final: list[dict[str, Any]] = field(default_factory=list)  # per seed: folder and test metrics
+
+
+def records(study: optuna.Study, space: SearchSpace) -> list[TrialRecord]:
+    """Every trial, best first: longest rung reached, then the score there; trials without a score last."""
+    epochs_at_step = {space.pruning_step(k): epochs for k, epochs in enumerate(space.rungs)}
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state in (TrialState.WAITING, TrialState.RUNNING):
+            continue
+        rows.append(
+            TrialRecord(
+                number=trial.number,
+                state=trial.state.name.lower(),
+                configuration=flags_of(trial.params),
+                scores={epochs_at_step[step]: value for step, value in trial.intermediate_values.items()},
+                epochs=trial.user_attrs.get(EPOCHS, 0),
+                seconds=round(trial.user_attrs.get(SECONDS, 0.0), 1),
+                folder=trial.user_attrs.get("folder"),
+                note=_note(trial, study),
+            )
+        )
+    return sorted(rows, key=lambda r: (*r.top, -r.number) if r.scores else (-1, 0.0, -r.number), reverse=True)
+
+
+def _note(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> str:
+    if ERROR in trial.user_attrs:
+        return f"failed: {trial.user_attrs[ERROR]}"
+    if trial.state == TrialState.FAIL:
+        first = first_number(trial)
+        retries = [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get(RETRY_OF) == first]
+        return f"interrupted; continued as trial {retries[-1]}" if retries else "interrupted"
+    if trial.user_attrs.get("stopped") == "budget":
+        return "stopped: the next rung did not fit the budget"
+    if trial.state == TrialState.PRUNED:
+        return "pruned by successive halving"
+    return ""
+
+
+def choose(trials: list[TrialRecord], final_epochs: int) -> Choice:
+    """The best validation score among the configurations that reached the longest rung any reached."""
+    scored = [t for t in trials if t.scores and t.state != "fail"]
+    if not scored:
+        raise MedftError("no trial finished a run: nothing to choose from (see the trials' folders for errors).")
+    best = scored[0]
+    epochs, score = best.top
+    rivals = [t for t in scored[1:] if t.top[0] == epochs]
+    reason = (
+        f"highest validation balanced accuracy ({score:.4f}) at {epochs} epochs among the {len(rivals) + 1} "
+        f"configurations trained that long"
+    )
+    if rivals:
+        runner_up = rivals[0]
+        reason += f"; next: trial {runner_up.number} ({runner_up.configuration['strategy']}, {runner_up.top[1]:.4f})"
+    if epochs < final_epochs:
+        reason += f". No configuration reached the full {final_epochs} epochs within the search budget"
+    return Choice(best, reason + ".")
+
+
+def final_rows(results: list[tuple[Path, RunResult]], output_dir: Path) -> list[dict[str, Any]]:
+    return [
+        {"seed": r.seed, "folder": str(folder.relative_to(output_dir)), "validation": _headline(r.validation),
+         "test": _headline(r.test) if r.test else None}
+        for folder, r in results
+    ]  # fmt: skip
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, float]:
+    return {key: metrics[key] for key in ("balanced_accuracy", "auroc", "macro_f1", "accuracy") if key in metrics}
+
+
+def write(ranking: Ranking, output_dir: Path) -> None:
+    write_json_atomic(output_dir / RANKING_JSON, asdict(ranking))
+    (output_dir / RANKING_MD).write_text(markdown(ranking))
+
+
+def markdown(ranking: Ranking) -> str:
+    chosen = ranking.choice.trial
+    budget = ranking.budget
+    lines = [
+        "# medft-select: ranking",
+        "",
+        f"Budget {budget['budget']}: {budget['search_used']} spent on the search, {budget['final_used']} on the "
+        f"final runs. Scores are validation balanced accuracy at the best epoch of each run; every rung is a "
+        "complete schedule of that many epochs.",
+        "",
+        f"**Chosen**: trial {chosen.number}, `{_configuration(chosen.configuration)}`: {ranking.choice.reason}",
+        "",
+    ]
+    tests = [row["test"]["balanced_accuracy"] for row in ranking.final if row["test"]]
+    if tests:
+        spread = f" ± {statistics.stdev(tests):.4f} (sd over {len(tests)} seeds)" if len(tests) > 1 else ""
+        lines += [
+            f"Final runs ({len(ranking.final)} seed{'s' if len(ranking.final) > 1 else ''}; `model/` is seed 0): test "
+            f"balanced accuracy "
+            f"{statistics.mean(tests):.4f}{spread}, the test split evaluated once per final run.",
+            "",
+        ]
+    rungs = sorted({epochs for t in ranking.trials for epochs in t.scores})
+    lines += [
+        "| rank | trial | configuration | " + " | ".join(f"{e} ep" for e in rungs) + " | epochs | seconds | note |",
+        "|---|---|---|" + "---|" * len(rungs) + "---|---|---|",
+    ]
+    for rank, t in enumerate(ranking.trials, 1):
+        scores = " | ".join(f"{t.scores[e]:.4f}" if e in t.scores else "" for e in rungs)
+        lines.append(
+            f"| {rank} | {t.number} | `{_configuration(t.configuration)}` | {scores} | {t.epochs} | {t.seconds:.0f} "
+            f"| {t.note} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _configuration(configuration: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in configuration.items())

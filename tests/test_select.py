@@ -1,0 +1,175 @@
+"""medft-select: a tiny search end to end, resuming after an interruption, two workers on one database, and the
+budget refusal. Tiny model and images; every run is 1 or 2 epochs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from medft_hf import select as select_lib
+from medft_hf.errors import MedftError
+from medft_hf.results import RunResult
+from medft_hf.selection import trials as trials_lib
+from medft_hf.selection.budget import Budget
+from medft_hf.selection.space import rung_epochs
+from medft_hf.selection.storage import STUDY_NAME
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_flags(tiny_model: Path, tiny_dataset: Path, output_dir: Path) -> dict:
+    return {
+        "model": str(tiny_model),
+        "dataset": str(tiny_dataset),
+        "output_dir": str(output_dir),
+        "image_size": 32,
+        "num_train_epochs": 2,
+        "per_device_train_batch_size": 16,
+        "bootstrap_resamples": 0,
+        "use_cpu": True,
+        "disable_tqdm": True,
+    }
+
+
+def search(tiny_model, tiny_dataset, output_dir, budget="8ep", seeds=1) -> select_lib.Selection:
+    args = select_lib.SelectArguments(budget=budget, strategies=["ft", "lp"], seeds=seeds, reduction_factor=2)
+    return select_lib.select(args, train_flags(tiny_model, tiny_dataset, output_dir))
+
+
+def study_of(output_dir: Path) -> optuna.Study:
+    return optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{output_dir / 'search.db'}")
+
+
+def run_folders(output_dir: Path) -> dict[Path, float]:
+    """Every finished trial run, with its results.json's modification time."""
+    return {p.parent: p.stat().st_mtime_ns for p in (output_dir / "trials").glob("*/e*/results.json")}
+
+
+def test_budget_and_rungs():
+    assert Budget.parse("60ep") == Budget(60, "epochs")
+    assert Budget.parse("2h") == Budget(7200, "seconds")
+    assert Budget.parse("30m").describe() == "30m"
+    with pytest.raises(MedftError, match="--budget 2 days"):
+        Budget.parse("2 days")
+    # each rung a complete schedule, about η times longer, the last one the full --num_train_epochs
+    assert rung_epochs(9, 1, 3) == [1, 3, 9]
+    assert rung_epochs(10, 2, 3) == [2, 3, 10]
+    assert rung_epochs(2, 2, 3) == [2]
+
+
+def test_tiny_search_writes_ranking_and_final_model(tiny_model, tiny_dataset, tmp_path):
+    output_dir = tmp_path / "search"
+    selection = search(tiny_model, tiny_dataset, output_dir)
+
+    ranking = json.loads((output_dir / "ranking.json").read_text())
+    trials = ranking["trials"]
+    # every strategy was tried, each trial's scores are its runs' validation scores, and no run saw the test split
+    assert {t["configuration"]["strategy"] for t in trials} == {"ft", "lp"}
+    for trial in trials:
+        for epochs, score in trial["scores"].items():
+            result = RunResult.load(output_dir / "trials" / trial["folder"] / f"e{epochs}")
+            assert result.num_train_epochs == int(epochs)
+            assert result.validation["balanced_accuracy"] == score
+            assert result.test is None
+    # the budget: trials' epochs and the final run's add up to at most 8
+    assert sum(t["epochs"] for t in trials) + 2 * ranking["budget"]["final_seeds"] <= 8
+    assert ranking["trials"][0]["number"] == ranking["choice"]["trial"]["number"]
+    assert "highest validation balanced accuracy" in ranking["choice"]["reason"]
+    # the final model: train.py's layout, the chosen configuration at the full epochs, tested once
+    model = RunResult.load(selection.model_dir)
+    chosen = ranking["choice"]["trial"]["configuration"]
+    assert (model.strategy, model.learning_rate, model.num_train_epochs) == (
+        chosen["strategy"],
+        chosen["learning_rate"],
+        2,
+    )
+    assert model.test is not None and (selection.model_dir / "model.safetensors").is_file()
+    assert ranking["final"][0]["test"]["balanced_accuracy"] == model.test["balanced_accuracy"]
+    assert "**Chosen**: trial" in (output_dir / "ranking.md").read_text()
+
+
+def test_rerun_after_interruption_repeats_no_finished_run(tiny_model, tiny_dataset, tmp_path, monkeypatch):
+    output_dir = tmp_path / "search"
+    trained: list[str] = []
+    real_run = trials_lib.run
+
+    def counting_run(model_args, data_args, configs, training_args):
+        trained.append(training_args.output_dir)
+        if len(trained) == 3 and interrupt:
+            raise KeyboardInterrupt  # as Ctrl-C in the middle of the search
+        return real_run(model_args, data_args, configs, training_args)
+
+    monkeypatch.setattr(trials_lib, "run", counting_run)
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        search(tiny_model, tiny_dataset, output_dir, budget="10ep")
+    finished = run_folders(output_dir)
+    assert len(finished) == 2 and not (output_dir / "ranking.json").exists()
+    cut = Path(trained[-1])
+
+    interrupt = False
+    trained.clear()
+    search(tiny_model, tiny_dataset, output_dir, budget="10ep")
+    # nothing finished was trained again, or even rewritten; the interrupted run was trained in its own folder
+    assert not {Path(folder) for folder in trained} & set(finished)
+    assert {folder: run_folders(output_dir)[folder] for folder in finished} == finished
+    assert Path(trained[0]) == cut
+    study = study_of(output_dir)
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == failed[0].number]
+    assert len(retry) == 1 and retry[0].params == failed[0].params
+    assert retry[0].user_attrs["folder"] == failed[0].user_attrs["folder"]
+
+
+def test_two_workers_share_one_database_and_run_no_trial_twice(tiny_model, tiny_dataset, tmp_path):
+    output_dir = tmp_path / "search"
+    flags = train_flags(tiny_model, tiny_dataset, output_dir)
+    argv = [sys.executable, "-m", "medft_hf.select", "--budget", "14ep", "--strategies", "ft", "lp", "--seeds", "1",
+            "--reduction_factor", "2"]  # fmt: skip
+    for name, value in flags.items():
+        argv += [f"--{name}", str(value)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=600)
+        assert worker.returncode == 0, stderr
+
+    study = study_of(output_dir)
+    trials = [t for t in study.trials if t.user_attrs.get("folder")]
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both took part
+    # every trial its own configuration and folder, and every run folder trained by exactly one trial
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == len(trials)
+    assert len({t.user_attrs["folder"] for t in trials}) == len(trials)
+    folders = run_folders(output_dir)
+    assert sum(t.user_attrs["epochs"] for t in trials) == sum(int(f.name[1:]) for f in folders)
+    assert len(folders) == sum(len(t.intermediate_values) for t in trials)
+    assert sum(t.user_attrs["epochs"] for t in trials) <= 14 - 2
+    assert (output_dir / "model" / "results.json").is_file()
+
+
+def test_too_small_budget_is_refused_with_the_minimum(tiny_model, tiny_dataset, tmp_path, capsys):
+    output_dir = tmp_path / "search"
+    flags = train_flags(tiny_model, tiny_dataset, output_dir)
+    argv = ["--budget", "3ep", "--strategies", "ft", "lp", "--reduction_factor", "2"]
+    for name, value in flags.items():
+        argv += [f"--{name}", str(value)]
+    with pytest.raises(SystemExit) as exit_info:
+        select_lib.main(argv)
+    assert exit_info.value.code == 2
+    # two strategies × one epoch, then the chosen one for 2 epochs
+    assert "needs at least --budget 4ep" in capsys.readouterr().err
+    assert not output_dir.exists()
+
+
+def test_too_small_time_budget_is_refused_after_a_timing_probe(tiny_model, tiny_dataset, tmp_path):
+    output_dir = tmp_path / "search"
+    with pytest.raises(MedftError, match=r"s per epoch \(measured\)\. It needs at least --budget \d+m"):
+        search(tiny_model, tiny_dataset, output_dir, budget="1s")
+    assert not output_dir.exists()
