@@ -88,6 +88,20 @@ class DataArguments:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Train on a seeded random subset of this many images."}
     )
+    min_validation_size: int = field(
+        default=0,
+        metadata={
+            "help": "A validation split with fewer rows is not used: validation is carved from train (stratified, "
+            "seeded, --val_fraction) as when there is none, with a warning."
+        },
+    )
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate each epoch on a stratified, seeded subset of this many validation images (test is "
+            "always evaluated whole, once)."
+        },
+    )
     augmentation: str = field(
         default=DEFAULT_AUGMENTATION,
         metadata={
@@ -148,6 +162,14 @@ class MedftTrainingArguments(TrainingArguments):
     )
     bootstrap_resamples: int = field(
         default=1000, metadata={"help": "Bootstrap resamples for the test metrics' 95 percent intervals (0: none)."}
+    )
+    save_model: bool = field(
+        default=True,
+        metadata={
+            "help": "Write the final model to --output_dir. false: results.json and figures only, for runs whose "
+            "weights nobody will use (a study's cells); checkpoints are still written during training, for "
+            "resuming and the best epoch (medft-benchmark removes a finished cell's)."
+        },
     )
 
     def __post_init__(self):
@@ -246,6 +268,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             "branch, using the token of HF_TOKEN or `hf auth login`. Drop the flag."
         )
     push_to = training_args.hub_model_id if training_args.push_to_hub else None
+    if training_args.push_to_hub and not training_args.save_model:
+        raise MedftError("--push_to_hub pushes the final model, which --save_model false does not write. Drop one.")
     if training_args.push_to_hub:
         check_push_ready(push_to)
         training_args.push_to_hub = False
@@ -260,6 +284,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         data_args.val_fraction,
         data_args.max_train_samples,
         seed=training_args.seed,
+        min_validation_size=data_args.min_validation_size,
+        max_eval_samples=data_args.max_eval_samples,
     )
     positive_label = positive_label_of(data_args.positive_class, splits.class_names)
     model = load_model(model_args.model, splits.class_names)
@@ -380,7 +406,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
 
     # 5. Save: model and figures first, results.json last (its presence marks a finished run); then push.
     if trainer.is_world_process_zero():
-        save_model_atomic(strategy.export_model(trainer.model), output_dir)
+        if training_args.save_model:
+            save_model_atomic(strategy.export_model(trainer.model), output_dir)
         run_figures(result, output_dir)
         result.save(output_dir)
         if push_to:

@@ -241,6 +241,8 @@ def test_help_shows_every_strategy_flag_with_its_default():
         (["--hub_revision", "dev", "--hub_token", "x"], "error: --hub_token, --hub_revision: not used by medft-hf"),
         (["--positive_class", "cancer"], "error: --positive_class cancer: not a class of this dataset"),
         (["--class_weights", "inverse"], "argument --class_weights/--class-weights: invalid choice: 'inverse'"),
+        (["--push_to_hub", "--save_model", "false"], "error: --push_to_hub pushes the final model, which --save_mo"),
+        (["--max_eval_samples", "0"], "error: --max_eval_samples 0: must be >= 1"),
     ],
 )
 def test_bad_input_fails_with_one_clear_message(args, message, tmp_path, tiny_model):
