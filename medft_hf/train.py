@@ -35,6 +35,7 @@ from .modeling import (
     pretrained_source,
     record_input_config,
 )
+from .progress import use_epoch_log
 from .results import RESULTS_FILE, RunResult, environment, epoch_history, is_finished_run, save_model_atomic
 from .strategies import STRATEGIES, build_strategy, coinciding_strategies, strategy_config_classes
 from .trainer import StrategyTrainer
@@ -357,6 +358,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         strategy=strategy,
         run_identity=identity,
     )
+    use_epoch_log(trainer, str(output_dir))
     if saved_state is not None:
         trainer.restore_strategy_state(saved_state)
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
