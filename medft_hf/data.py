@@ -116,7 +116,7 @@ def load_splits(
     else:
         validation = loaded[validation_name]
     if max_eval_samples is not None and max_eval_samples < len(validation):
-        hint = "Raise --max_eval_samples to at least the number of classes."
+        hint = "Raise --max_eval_samples, or leave it unset to evaluate the whole split."
         _, validation = _stratified_split(
             validation, max_eval_samples, label_column, seed, f"{source}: --max_eval_samples", hint
         )
