@@ -6,6 +6,7 @@ seeded), and images are made RGB and preprocessed with the backbone's own timm d
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -25,6 +26,7 @@ from .rng import derived_seed, isolated_rng
 
 VALIDATION_NAMES = ("validation", "valid", "val", "dev")
 TEST_NAMES = ("test", "testing")
+logger = logging.getLogger(__name__)
 
 
 def bundled_dataset_path() -> str:
@@ -51,8 +53,19 @@ def load_splits(
     val_fraction: float = 0.1,
     max_train_samples: int | None = None,
     seed: int = 42,
+    min_validation_size: int = 0,
+    max_eval_samples: int | None = None,
 ) -> ImageClassificationSplits:
-    """Load a dataset and return checked train / validation / test splits with one ClassLabel column."""
+    """Load a dataset and return checked train / validation / test splits with one ClassLabel column.
+
+    A validation split under `min_validation_size` rows is not used: validation is carved from train as if there
+    were none (a 16-image split would choose epochs and settings by noise). `max_eval_samples` caps validation with
+    a stratified, seeded subset (it is evaluated every epoch); test is always whole (it is evaluated once).
+    """
+    if min_validation_size < 0:
+        raise MedftError(f"--min_validation_size {min_validation_size}: must be >= 0.")
+    if max_eval_samples is not None and max_eval_samples < 1:
+        raise MedftError(f"--max_eval_samples {max_eval_samples}: must be >= 1 (or unset for the whole split).")
     source = dataset or bundled_dataset_path()
     try:
         loaded = datasets.load_dataset(source, dataset_config)
@@ -86,19 +99,29 @@ def load_splits(
     validation_name = next((name for name in VALIDATION_NAMES if name in loaded), None)
     test_name = next((name for name in TEST_NAMES if name in loaded), None)
     train = loaded["train"]
+    if validation_name is not None and len(loaded[validation_name]) < min_validation_size:
+        logger.warning(
+            "%s: the %s split has %d rows, fewer than --min_validation_size %d; it is not used, and validation is "
+            "carved from train instead (--val_fraction %g).",
+            source,
+            validation_name,
+            len(loaded[validation_name]),
+            min_validation_size,
+            val_fraction,
+        )
+        validation_name = None
     if validation_name is None:
         if not 0 < val_fraction < 1:
             raise MedftError(f"--val_fraction {val_fraction}: must be between 0 and 1.")
-        try:
-            carved = train.train_test_split(test_size=val_fraction, stratify_by_column=label_column, seed=seed)
-        except ValueError as error:
-            raise MedftError(
-                f"{source}: cannot carve a stratified validation split ({error}). Raise --val_fraction or "
-                "give the dataset a validation split."
-            ) from error
-        train, validation = carved["train"], carved["test"]
+        hint = "Raise --val_fraction or give the dataset a validation split."
+        train, validation = _stratified_split(train, val_fraction, label_column, seed, f"{source}: validation", hint)
     else:
         validation = loaded[validation_name]
+    if max_eval_samples is not None and max_eval_samples < len(validation):
+        hint = "Raise --max_eval_samples, or leave it unset to evaluate the whole split."
+        _, validation = _stratified_split(
+            validation, max_eval_samples, label_column, seed, f"{source}: --max_eval_samples", hint
+        )
     if max_train_samples is not None and max_train_samples < len(train):
         train = train.shuffle(seed=seed).select(range(max_train_samples))
 
@@ -113,6 +136,17 @@ def load_splits(
     )
     _check_labels(splits, source)
     return splits
+
+
+def _stratified_split(
+    split: datasets.Dataset, size: float | int, label_column: str, seed: int, what: str, hint: str
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(rest, part): `part` holds `size` rows (a share if a float), drawn per class and seeded."""
+    try:
+        parts = split.train_test_split(test_size=size, stratify_by_column=label_column, seed=seed)
+    except ValueError as error:
+        raise MedftError(f"{what}: cannot draw a stratified split ({error}). {hint}") from error
+    return parts["train"], parts["test"]
 
 
 def _find_image_column(features: datasets.Features, requested: str | None, source: str) -> str:

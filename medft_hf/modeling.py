@@ -117,6 +117,18 @@ def load_model(model_name_or_path: str, class_names: list[str]) -> TimmWrapperFo
 def architecture_layout(model_name_or_path: str) -> BlockLayout:
     """The block layout of a backbone from its architecture alone (no weights are read or downloaded beyond the
     config of a local folder): for checks that must stay cheap, such as a study grid's."""
+    architecture, timm_model = _architecture_on_meta(model_name_or_path)
+    return BlockLayout.from_timm(timm_model, TIMM_PREFIX, architecture)
+
+
+def architecture_parameter_count(model_name_or_path: str) -> int:
+    """The parameters of a backbone with its pretrained (ImageNet) head, from the architecture alone: what a
+    saved copy of it weighs, for a study's disk estimate, without reading any weights."""
+    return sum(parameter.numel() for parameter in _architecture_on_meta(model_name_or_path)[1].parameters())
+
+
+def _architecture_on_meta(model_name_or_path: str) -> tuple[str, torch.nn.Module]:
+    """The timm architecture name and an instance of it on the meta device (shapes only, no memory)."""
     config_file = Path(model_name_or_path) / "config.json"
     if config_file.is_file():
         architecture = TimmWrapperConfig.from_pretrained(model_name_or_path).architecture
@@ -124,10 +136,9 @@ def architecture_layout(model_name_or_path: str) -> BlockLayout:
         architecture = model_name_or_path.removeprefix("timm/").split(".")[0]
     try:
         with torch.device("meta"):
-            timm_model = timm.create_model(architecture, pretrained=False)
+            return architecture, timm.create_model(architecture, pretrained=False)
     except RuntimeError as error:
         raise MedftError(f"--model {model_name_or_path}: unknown timm architecture {architecture!r}.") from error
-    return BlockLayout.from_timm(timm_model, TIMM_PREFIX, architecture)
 
 
 def pretrained_source(

@@ -9,6 +9,7 @@ checkpoint is resumed from it, and a cell that fails leaves `failed.json` with i
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import logging
@@ -27,11 +28,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import datasets
 import transformers
 import yaml
 from tqdm.auto import tqdm
 
 from .checkpoints import latest_complete_checkpoint
+from .cost import CostModel, Estimate, estimate
 from .errors import MedftError, exit_on_error
 from .modeling import architecture_layout
 from .results import RESULTS_FILE, is_finished_run, write_json_atomic
@@ -77,7 +80,8 @@ class Grid:
     for each dataset × backbone × strategy, the combination with the best mean validation score.
     `overrides[strategy]` adds flags (and may replace `sweep`) for one strategy. A backbone or dataset is the name
     of a catalog entry or an entry written inline (`{name: ..., model: ...}` / `{name: ..., path: ...}`); a dataset
-    entry's `train_flags` (e.g. `max_train_samples`) apply to its cells.
+    entry's `train_flags` (e.g. `max_train_samples`) apply to its cells. `throughput` states the images/s of each
+    backbone on the grid's hardware, for `--dry-run`'s cost estimate (see `medft_hf.cost`).
     """
 
     name: str
@@ -90,6 +94,7 @@ class Grid:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
     hardware: str = ""
+    throughput: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Grid:
@@ -124,6 +129,11 @@ class Grid:
         ]
         if not self.seeds:
             problems.append("no seeds")
+        if self.throughput:
+            try:
+                CostModel.from_spec(self.throughput, self.names("backbones"))
+            except MedftError as error:
+                problems.append(str(error))
         if not problems:
             problems += self.coinciding_schedules()
         if problems:
@@ -137,8 +147,7 @@ class Grid:
         would measure nothing but seed noise. Checked on each backbone's architecture, at the grid's epoch count and
         each strategy's fixed flags (swept flags are not expanded)."""
         problems = []
-        for backbone in self.backbones:
-            name = backbone if isinstance(backbone, str) else backbone["name"]
+        for name in self.names("backbones"):
             layout = architecture_layout(self.entry("backbones", name)["model"])
             built = {}
             for strategy in self.strategies:
@@ -168,12 +177,15 @@ class Grid:
         inline = {e["name"]: e for e in getattr(self, kind) if isinstance(e, dict)}
         return inline.get(name) or catalog(kind)[name]
 
+    def names(self, kind: str) -> list[str]:
+        """The backbone or dataset names of the grid (kind: backbones or datasets), catalog or inline."""
+        return [entry if isinstance(entry, str) else entry["name"] for entry in getattr(self, kind)]
+
     def cells(self, filters: dict[str, set[str]] | None = None) -> list[Cell]:
         cells = []
-        names = [
-            [e if isinstance(e, str) else e["name"] for e in entries] for entries in (self.datasets, self.backbones)
-        ]
-        for dataset, backbone, strategy in itertools.product(*names, self.strategies):
+        for dataset, backbone, strategy in itertools.product(
+            self.names("datasets"), self.names("backbones"), self.strategies
+        ):
             sweep = self.overrides.get(strategy, {}).get("sweep", self.sweep)
             points = [tuple(zip(sweep, values, strict=True)) for values in itertools.product(*sweep.values())]
             for point, seed in itertools.product(points, self.seeds):
@@ -196,6 +208,26 @@ class Grid:
             "output_dir": str(output_dir),
         }
         return {key: value for key, value in flags.items() if value is not None}
+
+    def cost(self, cells: list[Cell]) -> Estimate:
+        """GPU-hours and disk of `cells`, from the grid's `throughput` and each dataset entry's `num_rows`."""
+        if not self.throughput:
+            raise MedftError(f"grid {self.name} states no `throughput` (images/s per backbone): no cost estimate.")
+        unsized = sorted({cell.dataset for cell in cells if "num_rows" not in self.entry("datasets", cell.dataset)})
+        if unsized:
+            raise MedftError(
+                f"no cost estimate: dataset(s) {', '.join(unsized)} give no `num_rows` ({{train: n, validation: n, "
+                "test: n}}) in their entry."
+            )
+        model = CostModel.from_spec(self.throughput, self.names("backbones"))
+        return estimate(
+            (
+                (cell.backbone, self.entry("backbones", cell.backbone)["model"], self.flags(cell, Path()),
+                 self.entry("datasets", cell.dataset)["num_rows"])
+                for cell in cells
+            ),
+            model,
+        )  # fmt: skip
 
     def argv(self, cell: Cell, output_dir: Path) -> list[str]:
         """The same arguments as a train.py command line, for people (--dry-run) and other schedulers."""
@@ -327,8 +359,9 @@ def cell_status(root: Path, cell: Cell) -> str:
 
 
 def run_cell(grid: Grid, cell: Cell, root: Path) -> str:
-    """Run (or resume) one cell; returns "done", "skipped", "running elsewhere" or "failed". KeyboardInterrupt
-    propagates."""
+    """Run (or resume) one cell and remove its checkpoints once it is done; returns "done", "skipped", "running
+    elsewhere" or "failed". KeyboardInterrupt propagates. Every worker (a loop, a shard, a Ray task) runs cells
+    through here."""
     output_dir = root / cell.path
     if is_finished_run(output_dir):
         return "skipped"
@@ -337,7 +370,10 @@ def run_cell(grid: Grid, cell: Cell, root: Path) -> str:
             return "running elsewhere"
         if is_finished_run(output_dir):  # finished by another worker between the check and the lock
             return "skipped"
-        return _run_locked(grid, cell, output_dir)
+        outcome = _run_locked(grid, cell, output_dir)
+        if outcome == "done":
+            clean_checkpoints(output_dir)
+        return outcome
 
 
 def _run_locked(grid: Grid, cell: Cell, output_dir: Path) -> str:
@@ -364,10 +400,26 @@ def _run_locked(grid: Grid, cell: Cell, output_dir: Path) -> str:
 
 
 def clean_checkpoints(output_dir: Path) -> None:
-    """A finished cell keeps its model and results; its checkpoints only served a resume."""
+    """A finished cell keeps its results (and its model, unless `save_model: false`); its checkpoints only served
+    a resume and the choice of the best epoch."""
     if (output_dir / RESULTS_FILE).is_file():
         for checkpoint in output_dir.glob("checkpoint-*"):
             shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def configure_logging() -> None:
+    """What a cell prints: our INFO lines (one per epoch, resumes), transformers' errors only, no progress bars of
+    loading and saving."""
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+
+
+def run_cell_in_worker(grid: Grid, root: Path, cell: Cell) -> str:
+    """`run_cell` in a fresh worker process (a Ray task), which has no logging set up of its own."""
+    configure_logging()
+    return run_cell(grid, cell, root)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -379,11 +431,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("grid", help="a grid YAML file, or the name of one in hub_configs/benchmarks (cpu, paper)")
     parser.add_argument("--output_dir", help="where the cells go (default: runs/<grid name>)")
     parser.add_argument("--filter", help="run a subset, e.g. strategy=lpft|ft,dataset=breastmnist-local,seed=0")
-    parser.add_argument("--dry-run", action="store_true", help="print the cells and their commands, run nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the cells, their commands and the grid's cost; run nothing"
+    )
     parser.add_argument(
         "--shard", help="run every n-th cell from the i-th, i/n with 0 <= i < n (e.g. a SLURM array task)"
     )
     parser.add_argument("--status", action="store_true", help="print each cell's state (done/failed/running/pending)")
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the cells as Ray tasks: alone, on a local Ray instance (or the cluster RAY_ADDRESS names); with an "
+        "address (auto, ray://host:10001), on that cluster. Needs the cluster extra",
+    )
+    parser.add_argument("--cpus_per_cell", type=float, default=1, help="with --ray: CPUs each cell reserves")
+    parser.add_argument(
+        "--gpus_per_cell", type=float, help="with --ray: GPUs each cell reserves (default: 0 if the grid sets "
+        "use_cpu, else 1)"
+    )  # fmt: skip
     args = parser.parse_args(argv)
     with exit_on_error():
         grid = Grid.from_yaml(args.grid)
@@ -402,21 +469,29 @@ def main(argv: list[str] | None = None) -> None:
         for cell in cells:
             print(f"{cell.path}\n    train.py {' '.join(grid.argv(cell, root / cell.path))}")
         print(f"{len(cells)} cells")
+        try:
+            print("\n".join(grid.cost(cells).lines()))
+        except MedftError as error:  # a grid without throughput figures still lists its cells
+            print(error)
         return
 
-    transformers.utils.logging.set_verbosity_error()
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    configure_logging()
     grid.training.setdefault("disable_tqdm", True)
+    if args.ray is not None:
+        from .cluster import run_on_ray  # Ray is an optional extra
+
+        gpus = args.gpus_per_cell if args.gpus_per_cell is not None else 0 if grid.training.get("use_cpu") else 1
+        with exit_on_error():
+            finished = run_on_ray(
+                cells, functools.partial(run_cell_in_worker, grid, root), args.ray or None, args.cpus_per_cell, gpus
+            )
+    else:
+        finished = ((cell, run_cell(grid, cell, root)) for cell in cells)
     is_main = os.environ.get("RANK", "0") == "0"
     outcomes: Counter[str] = Counter()
-    progress = tqdm(cells, desc=f"{grid.name}", unit="cell", disable=not is_main)
-    for cell in progress:
-        progress.set_postfix_str(str(cell.path))
-        outcome = run_cell(grid, cell, root)
+    for cell, outcome in tqdm(finished, desc=grid.name, total=len(cells), unit="cell", disable=not is_main):
         outcomes[outcome] += 1
-        if outcome == "done":
-            clean_checkpoints(root / cell.path)
-        elif outcome == "failed" and is_main:
+        if outcome == "failed" and is_main:
             tqdm.write(f"failed: {cell.path} (see {root / cell.path / FAILED_FILE})")
     if is_main:
         print(f"{grid.name}: {dict(outcomes)} of {len(cells)} cells; results in {root}")

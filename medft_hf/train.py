@@ -39,6 +39,7 @@ from .modeling import (
     pretrained_source,
     record_input_config,
 )
+from .progress import use_epoch_log
 from .results import RESULTS_FILE, RunResult, environment, epoch_history, is_finished_run, save_model_atomic
 from .strategies import STRATEGIES, build_strategy, coinciding_strategies, strategy_config_classes
 from .trainer import StrategyTrainer
@@ -91,6 +92,20 @@ class DataArguments:
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Train on a seeded random subset of this many images."}
+    )
+    min_validation_size: int = field(
+        default=0,
+        metadata={
+            "help": "A validation split with fewer rows is not used: validation is carved from train (stratified, "
+            "seeded, --val_fraction) as when there is none, with a warning."
+        },
+    )
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate each epoch on a stratified, seeded subset of this many validation images (test is "
+            "always evaluated whole, once)."
+        },
     )
     augmentation: str = field(
         default=DEFAULT_AUGMENTATION,
@@ -182,6 +197,14 @@ class MedftTrainingArguments(TrainingArguments):
         metadata={
             "help": "Leave the test split unevaluated (a search trial: configurations are compared on validation, "
             "and only the chosen one meets the test split)."
+        },
+    )
+    save_model: bool = field(
+        default=True,
+        metadata={
+            "help": "Write the final model to --output_dir. false: results.json and figures only, for runs whose "
+            "weights nobody will use (a study's cells); checkpoints are still written during training, for "
+            "resuming and the best epoch (medft-benchmark removes a finished cell's)."
         },
     )
 
@@ -291,6 +314,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             "every epoch would repeat the first one's augmentation. Drop the flag (workers restart each epoch)."
         )
     push_to = training_args.hub_model_id if training_args.push_to_hub else None
+    if training_args.push_to_hub and not training_args.save_model:
+        raise MedftError("--push_to_hub pushes the final model, which --save_model false does not write. Drop one.")
     if training_args.push_to_hub:
         check_push_ready(push_to)
         training_args.push_to_hub = False
@@ -305,6 +330,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         data_args.val_fraction,
         data_args.max_train_samples,
         seed=training_args.seed,
+        min_validation_size=data_args.min_validation_size,
+        max_eval_samples=data_args.max_eval_samples,
     )
     if training_args.skip_test:
         splits = replace(splits, test=None)  # not even decoded
@@ -385,6 +412,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         strategy=strategy,
         run_identity=identity,
     )
+    use_epoch_log(trainer, str(output_dir))
     if saved_state is not None:
         trainer.restore_strategy_state(saved_state)
     with head_only(model) if data_args.cache_features else nullcontext():
@@ -435,7 +463,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
 
     # 5. Save: model and figures first, results.json last (its presence marks a finished run); then push.
     if trainer.is_world_process_zero():
-        save_model_atomic(strategy.export_model(trainer.model), output_dir)
+        if training_args.save_model:
+            save_model_atomic(strategy.export_model(trainer.model), output_dir)
         run_figures(result, output_dir)
         result.save(output_dir)
         if push_to:

@@ -184,3 +184,36 @@ def test_a_bool_label_column_becomes_two_classes(tmp_path):
     splits = load_splits(str(root), val_fraction=0.25, seed=0)
     assert splits.class_names == ["False", "True"]
     assert sorted(set(splits.train["label"])) == [0, 1]
+
+
+def test_a_too_small_validation_split_is_replaced_by_one_carved_from_train(tmp_path, caplog):
+    root = write_hub_dataset(tmp_path / "tiny_val", {"train": 60, "validation": 6, "test": 9})
+    given = load_splits(str(root), seed=3, min_validation_size=6)
+    assert given.validation_source == "validation" and len(given.validation) == 6, "at the minimum: kept"
+    with caplog.at_level("WARNING", logger="medft_hf.data"):
+        carved = load_splits(str(root), val_fraction=0.2, seed=3, min_validation_size=7)
+    assert "the validation split has 6 rows, fewer than --min_validation_size 7" in caplog.text
+    assert carved.validation_source == "train"
+    assert len(carved.validation) == 12 and len(carved.train) == 48
+    assert np.bincount(carved.validation["label"]).tolist() == [4, 4, 4], "stratified"
+    missing = write_hub_dataset(tmp_path / "no_val", {"train": 60, "test": 9})
+    same = load_splits(str(missing), val_fraction=0.2, seed=3)
+    assert carved.validation["image"][5].tobytes() == same.validation["image"][5].tobytes(), (
+        "the same carve as for a dataset without a validation split"
+    )
+
+
+def test_max_eval_samples_subsamples_validation_stratified_and_leaves_test_whole(tmp_path):
+    root = write_hub_dataset(tmp_path / "big_val", {"train": 30, "validation": 60, "test": 30})
+    capped = load_splits(str(root), seed=1, max_eval_samples=9)
+    again = load_splits(str(root), seed=1, max_eval_samples=9)
+    assert len(capped.validation) == 9 and len(capped.test) == 30 and len(capped.train) == 30
+    assert np.bincount(capped.validation["label"]).tolist() == [3, 3, 3], "stratified"
+    assert [i.tobytes() for i in capped.validation["image"]] == [i.tobytes() for i in again.validation["image"]]
+    assert len(load_splits(str(root), seed=1, max_eval_samples=100).validation) == 60, "a cap above the size"
+    with pytest.raises(MedftError, match=r"--max_eval_samples.*Raise --max_eval_samples"):
+        load_splits(str(root), seed=1, max_eval_samples=2)  # fewer rows than classes: no stratified subset
+    with pytest.raises(MedftError, match=r"--max_eval_samples 0: must be >= 1"):
+        load_splits(str(root), max_eval_samples=0)
+    with pytest.raises(MedftError, match=r"--min_validation_size -1: must be >= 0"):
+        load_splits(str(root), min_validation_size=-1)

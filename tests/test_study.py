@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from test_train import ROOT
 
 from medft_hf.errors import MedftError
 from medft_hf.report import claim_checks, collect, paired_vs_ft, select_on_validation, summary, write_report
+from medft_hf.results import RunResult
 from medft_hf.study import Grid, parse_filters
 
 
@@ -188,6 +191,103 @@ def test_a_killed_grid_restarts_without_redoing_finished_cells(tiny_model, tiny_
     assert "Resuming tiny-data/tiny-net/lpft/default/seed0 from checkpoint-" in rerun.stderr
     assert (second_cell / "results.json").exists()
     assert not list(second_cell.glob("checkpoint-*")), "a finished cell's checkpoints are cleaned up"
+
+
+def test_a_results_only_grid_keeps_results_and_figures_not_weights_or_checkpoints(
+    tiny_model, tiny_dataset, tmp_path, caplog
+):
+    from medft_hf.study import main
+
+    spec = {"name": "lean", "strategies": ["ft"], "backbones": [{"name": "tiny-net", "model": str(tiny_model)}],
+            "datasets": [{"name": "tiny-data", "path": str(tiny_dataset)}], "seeds": [0],
+            "training": {"image_size": 32, "num_train_epochs": 2, "use_cpu": True, "save_model": False,
+                         "min_validation_size": 100, "val_fraction": 0.25, "max_eval_samples": 6}}  # fmt: skip
+    grid_file, out = tmp_path / "lean.yaml", tmp_path / "out"
+    grid_file.write_text(yaml.safe_dump(spec))
+    with caplog.at_level("INFO", logger="medft_hf"), pytest.raises(SystemExit) as exit_info:
+        main([str(grid_file), "--output_dir", str(out)])
+    assert exit_info.value.code == 0
+    cell = out / "tiny-data/tiny-net/ft/default/seed0"
+    epochs = [record.getMessage() for record in caplog.records if " epoch " in record.getMessage()]
+    assert [line.split(": ")[0] for line in epochs] == [f"{cell} epoch 1/2", f"{cell} epoch 2/2"], "one per epoch"
+    assert re.search(r"train loss [\d.]+, validation balanced_accuracy [\d.]+ \(best [\d.]+\)", epochs[1])
+    assert sorted(path.name for path in cell.iterdir()) == [
+        "confusion_matrix.png", "reliability_diagram.png", "results.json", "training_curves.png"
+    ]  # fmt: skip
+    result = RunResult.load(cell)
+    # the fixture's 12-image validation split is under 100: carved from train (25% of 48), then capped at 6
+    assert result.validation_source == "train"
+    assert result.num_examples == {"train": 36, "validation": 6, "test": 12}
+
+
+def test_paper_carves_the_tiny_xray_validation_split_and_its_dry_run_states_cost_and_disk(capsys):
+    from medft_hf.cost import split_sizes
+    from medft_hf.data import VALIDATION_NAMES
+    from medft_hf.study import main
+
+    paper = Grid.from_yaml("paper")
+    cell = paper.cells(parse_filters("dataset=chest-xray-pneumonia-hf,strategy=ft,seed=0"))[0]
+    flags, xray = paper.flags(cell, Path("out")), paper.entry("datasets", "chest-xray-pneumonia-hf")
+    assert "validation" in VALIDATION_NAMES and xray["num_rows"]["validation"] < flags["min_validation_size"]
+    assert split_sizes(xray["num_rows"], flags) == (4694, 522, 624), "10% of train carved, 16 images unused"
+    pcam = paper.entry("datasets", "patch-camelyon-hf")["num_rows"]
+    assert split_sizes(pcam, {**flags, "max_train_samples": 20000}) == (20000, 4096, 32768), "test stays whole"
+
+    main(["paper", "--dry-run"])
+    output = capsys.readouterr().out
+    assert "1080 cells" in output and "ASSUMED" in output and "(assumed images/s)" in output
+    hours = {line.split()[0]: float(line.split()[4]) for line in output.splitlines() if line.startswith(("res", "vgg"))}
+    # vgg19 at 400 / 1200 images/s, 72 cells per dataset; (train, validation, test) as load_splits makes them
+    sizes = [(4694, 522, 624), (4374, 486, 857), (20000, 4096, 32768), (9580, 2490, 1290), (8530, 1070, 1070)]
+    expected = 72 * sum(30 * t / 400 + (31 * v + e) / 1200 for t, v, e in sizes) / 3600
+    assert hours["vgg19"] == pytest.approx(expected, abs=0.05)
+    assert "0.0 GB of model weights kept" in output and "all kept: 255.2 GB" in output
+
+
+def test_a_grid_with_a_bad_throughput_is_refused(tmp_path):
+    throughput = {"measured": "yes", "images_per_second": {"resnet50": {"train": 0}}}
+    spec = {"name": "t", "strategies": ["ft"], "backbones": ["resnet50", "vgg19"], "datasets": ["breastmnist-local"],
+            "seeds": [0], "throughput": throughput}  # fmt: skip
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(MedftError) as error:
+        Grid.from_yaml(path)
+    for problem in ("`measured` (true/false) and `source`", "no images_per_second for backbone 'vgg19'",
+                    "images_per_second of 'resnet50' must be {train: number > 0, eval: number > 0}"):  # fmt: skip
+        assert problem in str(error.value)
+
+
+def test_a_grid_on_local_ray_with_two_workers_runs_each_cell_exactly_once(tiny_model, tiny_dataset, tmp_path, capsys):
+    ray = pytest.importorskip("ray", reason='Ray is the optional cluster extra: pip install -e ".[cluster]"')
+    from medft_hf.cluster import run_on_ray
+    from medft_hf.study import main, run_cell_in_worker
+
+    spec = {"name": "spread", "strategies": ["lp"], "backbones": [{"name": "tiny-net", "model": str(tiny_model)}],
+            "datasets": [{"name": "tiny-data", "path": str(tiny_dataset)}], "seeds": [0, 1],
+            "training": {"image_size": 32, "num_train_epochs": 1, "use_cpu": True, "save_model": False},
+            "sweep": {"learning_rate": [1e-3, 3e-3]}}  # fmt: skip
+    grid_file, out = tmp_path / "spread.yaml", tmp_path / "out"
+    grid_file.write_text(yaml.safe_dump(spec))
+    grid = Grid.from_yaml(grid_file)
+    cells = grid.cells()
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=100 * 2**20)
+    try:
+        # Every cell twice, side by side, as two drivers sharing one output folder would submit it: the two
+        # workers start the same cell at once, and the cell lock must let only one of them train it.
+        twice = [cell for cell in cells for _ in range(2)]
+        finished = list(run_on_ray(twice, functools.partial(run_cell_in_worker, grid, out), cpus_per_task=1))
+        outcomes = {cell: sorted(outcome for done, outcome in finished if done == cell) for cell in cells}
+        for cell, pair in outcomes.items():
+            assert pair[0] == "done" and pair[1] in ("running elsewhere", "skipped"), (cell.path, pair)
+            assert (out / cell.path / "results.json").is_file()
+        assert len(list(out.rglob("results.json"))) == len(cells) == 4
+
+        with pytest.raises(SystemExit) as exit_info:  # the command line, on the Ray instance already running
+            main([str(grid_file), "--output_dir", str(out), "--ray"])
+        assert exit_info.value.code == 0
+        assert "spread: {'skipped': 4} of 4 cells" in capsys.readouterr().out
+    finally:
+        ray.shutdown()
 
 
 # ---- the report on synthetic results ---------------------------------------------------------------------------

@@ -246,6 +246,8 @@ def test_help_shows_every_strategy_flag_with_its_default():
             ["--dataloader_num_workers", "1", "--dataloader_persistent_workers"],
             "error: --dataloader_persistent_workers: a persistent worker keeps its copy of the training set at epoch 0",
         ),
+        (["--push_to_hub", "--save_model", "false"], "error: --push_to_hub pushes the final model, which --save_mo"),
+        (["--max_eval_samples", "0"], "error: --max_eval_samples 0: must be >= 1"),
     ],
 )
 def test_bad_input_fails_with_one_clear_message(args, message, tmp_path, tiny_model):
