@@ -32,6 +32,7 @@ IDENTITY_FIELDS = (
     "augmentation",
     "class_weights",
     "data_pipeline",
+    "split_settings",
 )
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 logger = logging.getLogger(__name__)

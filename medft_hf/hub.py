@@ -166,7 +166,7 @@ evaluated once. Figures: `training_curves.png`, `confusion_matrix.png`; everythi
 - Image size {result.image_size} px, {result.num_train_epochs:g} epochs, learning rate
   {result.learning_rate:g}, seed {result.seed}, mixed precision: {result.mixed_precision}.
 - Hardware: {result.environment["device"]}; training time {result.train_runtime_s:.0f} s.
-
+{_selection(result.selection)}
 ## How to use
 
 ```python
@@ -194,6 +194,19 @@ for diagnosis, triage or any clinical decision. It was trained on one dataset, w
 labelling conventions need not resemble yours; its scores say nothing about performance on another population.
 """
     return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body)
+
+
+def _selection(selection: dict[str, Any] | None) -> str:
+    """The card's account of a configuration chosen by `medft-select` (nothing for a run trained by hand)."""
+    if not selection:
+        return ""
+    return f"""
+## How this configuration was chosen
+
+By `medft-select`, on the validation split only: {selection["trials"]} configurations (strategy, learning rate,
+augmentation and each strategy's own settings) were tried with successive halving within a budget of
+{selection["budget"]}; chosen: {selection["reason"]}
+"""
 
 
 def _interval(metrics: dict[str, Any], name: str) -> str:

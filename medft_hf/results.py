@@ -50,6 +50,7 @@ class RunResult:
     augmentation: str = "rrc"  # runs made before --augmentation used what is now called "rrc"
     class_weights: str = "none"
     data_pipeline: str = "pil"  # "decoded" (the image cache), "features" (cached-feature LP) or "pil"
+    split_settings: dict[str, Any] = field(default_factory=dict)  # what chose the rows of each split
     modality: str | None = None
     dataset_id: str | None = None
     base_model_id: str | None = None
@@ -61,6 +62,8 @@ class RunResult:
     best_checkpoint: str | None = None
     strategy_state: dict[str, Any] = field(default_factory=dict)
     pushed_to: str | None = None
+    # set by medft-select on its final runs: how this configuration was chosen (trials, budget, reason)
+    selection: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunResult:

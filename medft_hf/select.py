@@ -120,6 +120,10 @@ def select(args: SelectArguments, flags: dict[str, Any]) -> Selection:
         final=ranking_lib.final_rows(final, output_dir),
     )  # fmt: skip
     ranking_lib.write(result, output_dir)
+    selection = {"trials": len(trials), "budget": budget.describe(), "reason": choice.reason}
+    for folder, run_result in final:  # so the model card of every final model says how it was chosen
+        run_result.selection = selection
+        run_result.save(folder)
     return Selection(result, model_dir, [r for _, r in final])
 
 

@@ -392,6 +392,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         "augmentation": data_args.augmentation,
         "class_weights": data_args.class_weights,
         "data_pipeline": "features" if data_args.cache_features else "decoded" if data_args.cache_images else "pil",
+        "split_settings": {
+            name: getattr(data_args, name)
+            for name in ("val_fraction", "max_train_samples", "min_validation_size", "max_eval_samples")
+        },
     }
     # A checkpoint of another run is refused here, before anything is written.
     saved_state = load_checkpoint_state(checkpoint, identity) if checkpoint else None

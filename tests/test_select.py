@@ -14,6 +14,7 @@ import pytest
 
 from medft_hf import select as select_lib
 from medft_hf.errors import MedftError
+from medft_hf.hub import model_card
 from medft_hf.results import RunResult
 from medft_hf.selection import trials as trials_lib
 from medft_hf.selection.budget import Budget
@@ -92,6 +93,10 @@ def test_tiny_search_writes_ranking_and_final_model(tiny_model, tiny_dataset, tm
     assert model.test is not None and (selection.model_dir / "model.safetensors").is_file()
     assert ranking["final"][0]["test"]["balanced_accuracy"] == model.test["balanced_accuracy"]
     assert "**Chosen**: trial" in (output_dir / "ranking.md").read_text()
+    # its model card says how it was chosen
+    assert model.selection["reason"] == ranking["choice"]["reason"]
+    card = str(model_card(model, "someone/chosen"))
+    assert "## How this configuration was chosen" in card and ranking["choice"]["reason"] in card
 
 
 def test_rerun_after_interruption_repeats_no_finished_run(tiny_model, tiny_dataset, tmp_path, monkeypatch):
