@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = load(args.runs)
     if args.choose:
         chosen = ablation(runs, args.choose, ABLATIONS[args.choose])[1]
-        print(",".join(f"{key}={value}" for key, value in chosen.items()))  # a medft-benchmark --filter
+        swept = [key for key in chosen if runs.loc[runs["strategy"] == args.choose, key].nunique() > 1]
+        print(",".join(f"{key}={chosen[key]}" for key in swept))  # a medft-benchmark --filter over the swept keys
         return
     chosen = {}
     for strategy, keys in ABLATIONS.items():
