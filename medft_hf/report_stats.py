@@ -83,6 +83,8 @@ def dataset_level_tests(differences: pd.DataFrame, strategies: list[str], seed: 
         if name not in differences:
             continue
         values = differences[name].dropna().to_numpy()
+        if not values.size:  # no case where both it and ft ran on a common seed
+            continue
         low, high = bootstrap_interval(values, rng)
         rows.append({"strategy": name, "cases": values.size, "mean_difference": values.mean(),
                      "median_difference": float(np.median(values)), "ci_low": low, "ci_high": high,
