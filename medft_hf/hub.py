@@ -35,7 +35,16 @@ from .strategies import STRATEGIES
 
 PROJECT = "medft-hf"
 MODEL_FILES = ["config.json", "model.safetensors", RESULTS_FILE, "README.md", "*.png"]
-STUDY_FILES = ["README.md", "runs.parquet", "runs.csv", "paired_vs_ft.csv", "claims.json", "*.png"]
+STUDY_FILES = [
+    "README.md",
+    "runs.parquet",
+    "runs.csv",
+    "summary.csv",
+    "summary.tex",
+    "vs_ft.csv",
+    "claims.json",
+    "*.png",
+]
 
 
 class PushError(MedftError):

@@ -18,8 +18,11 @@ import pytest
 import yaml
 from test_train import ROOT
 
+from medft_hf.claims import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, paper_claims
 from medft_hf.errors import MedftError
-from medft_hf.report import claim_checks, collect, paired_vs_ft, select_on_validation, summary, write_report
+from medft_hf.report import collect, select_on_validation, summary, write_report
+from medft_hf.report import main as report_main
+from medft_hf.report_stats import case_differences, dataset_level_tests, holm
 from medft_hf.results import RunResult
 from medft_hf.study import Grid, parse_filters
 
@@ -291,15 +294,16 @@ def test_a_grid_on_local_ray_with_two_workers_runs_each_cell_exactly_once(tiny_m
 
 
 # ---- the report on synthetic results ---------------------------------------------------------------------------
-def write_result(root: Path, dataset: str, strategy: str, seed: int, lr: float, validation: float, test: float):
-    folder = root / dataset / strategy / f"lr{lr}" / f"seed{seed}"
+def write_result(root: Path, dataset: str, strategy: str, seed: int, lr: float, validation: float, test: float,
+                 folder: Path | None = None, config: dict | None = None):  # fmt: skip
+    folder = folder or root / dataset / strategy / f"lr{lr}" / f"seed{seed}"
     folder.mkdir(parents=True)
     metrics = lambda value: {"accuracy": value, "balanced_accuracy": value, "macro_f1": value, "auroc": value}  # noqa: E731
     history = [{"epoch": e, "train_loss": 1.0 / e, "validation": metrics(validation)} for e in (1, 2)]
     state = {"history": [{"blocks": [0.2, 0.5, 1.0], "head": 0.7}] * 2} if strategy == "auto_rgn" else {}
     results = {"dataset": f"data/{dataset}", "model": "timm/net.in1k", "class_names": ["a", "b"],
                "architecture": "net", "strategy": strategy, "seed": seed,
-               "learning_rate": lr, "strategy_config": {}, "image_size": 48, "num_train_epochs": 2,
+               "learning_rate": lr, "strategy_config": config or {}, "image_size": 48, "num_train_epochs": 2,
                "train_runtime_s": 1.0, "environment": {"device": "CPU (2 cores)"}, "validation": metrics(validation),
                "test": metrics(test), "history": history, "strategy_state": state}  # fmt: skip
     (folder / "results.json").write_text(json.dumps(results))
@@ -330,54 +334,120 @@ def test_selection_is_on_validation_and_the_table_is_mean_and_std_over_seeds(syn
     table = summary(select_on_validation(runs, "balanced_accuracy"), "balanced_accuracy").set_index(
         ["dataset", "strategy"]
     )
-    assert table.loc[("d1", "ft"), "mean"] == pytest.approx(0.60)
-    assert table.loc[("d1", "ft"), "std"] == pytest.approx(np.std([0.58, 0.60, 0.62], ddof=1))
-    assert table.loc[("d1", "lpft"), "mean"] == pytest.approx(0.68), "the 3e-3 setting's better test was not used"
+    assert table.loc[("d1", "ft"), "test_balanced_accuracy_mean"] == pytest.approx(0.60)
+    assert table.loc[("d1", "ft"), "test_balanced_accuracy_std"] == pytest.approx(np.std([0.58, 0.60, 0.62], ddof=1))
+    assert table.loc[("d1", "lpft"), "test_balanced_accuracy_mean"] == pytest.approx(0.68), "chosen on test"
     assert table.loc[("d1", "lpft"), "learning_rate"] == 1e-3
+    assert table.loc[("d1", "lpft"), "n"] == 3 and table.loc[("d1", "lpft"), "best_epochs"] == "1 1 1"
 
 
-def test_claim_counts(synthetic):
-    runs, _ = collect(synthetic)
-    claims = claim_checks(summary(select_on_validation(runs, "balanced_accuracy"), "balanced_accuracy"))
-    assert claims["beats_ft"]["lpft"] == {"wins": 1, "cases": 2}  # d1 +0.08, d2 -0.05
-    assert claims["beats_ft"]["auto_rgn"] == {"wins": 1, "cases": 2}  # d1 -0.01, d2 +0.11
-    assert claims["largest_gain_over_ft"]["auto_rgn"]["delta"] == pytest.approx(0.11)
-    assert claims["largest_gain_over_ft"]["auto_rgn"]["dataset"] == "d2"
-    assert claims["non_ft_best_per_backbone"]["net"] == {"non_ft_best": 2, "cases": 2}
+def write_cell(root: Path, case: tuple[str, str], strategy: str, point: str, seed: int, validation: float,
+               config: dict) -> None:  # fmt: skip
+    """A study cell (<dataset>/<backbone>/<strategy>/<point>/seed<k>) of a backbone whose architecture is 'net'."""
+    folder = root / case[0] / case[1] / strategy / point / f"seed{seed}"
+    write_result(root, case[0], strategy, seed, 1e-3, validation, validation, folder, config)
 
 
-def test_paired_intervals(synthetic):
-    runs, _ = collect(synthetic)
-    paired = paired_vs_ft(select_on_validation(runs, "balanced_accuracy"), "balanced_accuracy").set_index("strategy")
-    # auto_rgn - ft, paired by (dataset, seed): d1 -0.01 each seed, d2 +0.11 each seed
-    differences = np.array([-0.01] * 3 + [0.11] * 3)
-    assert paired.loc["auto_rgn", "pairs"] == 6
-    assert paired.loc["auto_rgn", "mean_difference"] == pytest.approx(differences.mean())
-    low, high = paired.loc["auto_rgn", ["ci_low", "ci_high"]]
-    assert -0.01 <= low < differences.mean() < high <= 0.11
-    assert paired.loc["auto_rgn", "verdict"] == ("better" if low > 0 else "within noise")
-
-
-def test_a_constant_difference_has_a_zero_width_interval(tmp_path):
-    root = tmp_path / "r"
-    for seed in range(3):
-        write_result(root, "d", "ft", seed, 1e-3, 0.5, 0.50 + 0.01 * seed)
-        write_result(root, "d", "l2sp", seed, 1e-3, 0.5, 0.53 + 0.01 * seed)
+def test_cases_are_named_by_the_grid_and_every_swept_key_is_chosen_on_shared_seeds(tmp_path):
+    root = tmp_path / "runs"
+    for backbone in ("net-a", "net-b"):  # two catalog entries of one architecture: two cases
+        case = ("d", backbone)
+        write_cell(root, case, "l2sp", "learning_rate=0.001-sp_alpha=0.01", 0, 0.9, {"sp_alpha": 0.01})
+        # the other alpha ran on more seeds (its config drifted between seeds): it is still one setting, and it
+        # loses on the seed both settings have (0.8 < 0.9) though its mean over its own seeds is higher
+        for seed, validation in ((0, 0.8), (1, 0.99), (2, 0.99)):
+            config = {"sp_alpha": 0.1, **({"new_knob": None} if seed else {})}
+            write_cell(root, case, "l2sp", "learning_rate=0.001-sp_alpha=0.1", seed, validation, config)
     runs, _ = collect(root)
-    row = paired_vs_ft(runs, "balanced_accuracy").iloc[0]
-    assert row["ci_low"] == pytest.approx(0.03)
-    assert row["ci_high"] == pytest.approx(0.03)
-    assert row["verdict"] == "better"
+    assert sorted(runs["backbone"].unique()) == ["net-a", "net-b"] and set(runs["architecture"]) == {"net"}
+    table = summary(select_on_validation(runs, "balanced_accuracy"), "balanced_accuracy")
+    assert len(table) == 2
+    assert list(table["settings"]) == ["learning_rate=0.001, sp_alpha=0.01"] * 2
+    assert list(table["n"]) == [1, 1]
 
 
-def test_report_writes_tables_figures_and_lists_failed_cells(synthetic, tmp_path):
+def test_holm_matches_a_hand_computation():
+    # sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04, raised to 0.06 (monotone)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = holm([0.5, np.nan, 0.6])  # NaN is not a comparison: m = 2; capped at 1
+    assert adjusted[0] == adjusted[2] == 1.0 and np.isnan(adjusted[1])
+
+
+def synthetic_runs(gains: dict[str, list[float]], backbones: dict[str, str] | None = None) -> pd.DataFrame:
+    """Selected runs: ft at 0.70 (± 0.01 over 3 seeds) and each strategy at ft + its gain on each dataset."""
+    rows = []
+    for backbone, architecture in (backbones or {"lite": "tf_efficientnet_lite0"}).items():
+        for strategy, per_dataset in {"ft": None, **gains}.items():
+            for dataset in range(len(next(iter(gains.values())))):
+                for seed, noise in enumerate((-0.01, 0.0, 0.01)):
+                    gain = 0.0 if per_dataset is None else per_dataset[dataset]
+                    rows.append({"dataset": f"d{dataset}", "backbone": backbone, "architecture": architecture,
+                                 "strategy": strategy, "seed": seed,
+                                 "test_balanced_accuracy": 0.70 + gain + noise * (1 + dataset % 3)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def verdicts(selected: pd.DataFrame) -> dict[str, object]:
+    differences = case_differences(selected, "balanced_accuracy")
+    tests = dataset_level_tests(differences, [s for s in selected["strategy"].unique() if s != "ft"])
+    architectures = selected.groupby("backbone")["architecture"].first().to_dict()
+    claims = paper_claims(selected, "balanced_accuracy", differences, tests, architectures)
+    return {name: claim for name, claim in zip(("lpft", "auto_rgn", "densenet"), claims, strict=True)}
+
+
+def test_a_strategy_that_clearly_beats_ft_everywhere_is_reproduced_and_one_backbone_cannot_test_densenet():
+    claims = verdicts(synthetic_runs({"lpft": [0.05] * 10, "auto_rgn": [0.0] * 9 + [0.11]}))
+    assert claims["lpft"].verdict == REPRODUCED, claims["lpft"]
+    assert "10 / 10 cases" in claims["lpft"].statistics
+    assert claims["auto_rgn"].verdict == REPRODUCED, "+0.11 on every seed of one dataset"
+    assert claims["densenet"].verdict == NOT_TESTABLE
+
+
+def test_verdicts_against_too_few_cases_and_the_opposite_effect():
+    few = verdicts(synthetic_runs({"lpft": [0.05] * 4}))
+    assert few["lpft"].verdict == INCONCLUSIVE and "underpowered" in few["lpft"].why
+    assert few["auto_rgn"].verdict == NOT_TESTABLE, "no auto_rgn runs"
+    worse = verdicts(synthetic_runs({"lpft": [-0.05] * 10, "auto_rgn": [0.0] * 10}))
+    assert worse["lpft"].verdict == NOT_REPRODUCED
+    assert worse["auto_rgn"].verdict == NOT_REPRODUCED, "no case reaches a notable gain"
+
+
+def test_densenet_gaining_more_than_another_backbone_on_every_dataset_is_reproduced():
+    both = {"densenet": "densenet121", "lite": "tf_efficientnet_lite0"}
+    selected = synthetic_runs({"lpft": [0.05] * 10}, both)
+    lite = (selected["backbone"] == "lite") & (selected["strategy"] == "lpft")
+    selected.loc[lite, "test_balanced_accuracy"] -= 0.04  # lite gains 0.01, DenseNet 0.05
+    assert verdicts(selected)["densenet"].verdict == REPRODUCED
+
+
+def test_report_writes_tables_figures_verdicts_and_lists_failed_cells(synthetic, tmp_path):
     out = tmp_path / "report"
     report = write_report(synthetic, out).read_text()
     assert "| d1 | net | 0.600 ± 0.020 | **0.680 ± 0.010** (+0.080) |" in report
     assert "`d2/lp/seed0`: RuntimeError: out of memory" in report
-    for name in ("delta_vs_ft.png", "training_curves.png", "auto_rgn_factors.png", "runs.csv", "runs.parquet"):
+    assert "| d1 | net | lpft | 3 | 0.680 ± 0.010 | 0.680 ± 0.010 | learning_rate=0.001 | 1 1 1 |" in report
+    assert "Δ ≥ 0.02" in report and "not testable here" in report
+    for name in ("delta_vs_ft.png", "training_curves.png", "auto_rgn_factors.png", "runs.csv", "runs.parquet",
+                 "summary.csv", "vs_ft.csv"):  # fmt: skip
         assert (out / name).stat().st_size > 0
     assert len(pd.read_parquet(out / "runs.parquet")) == 27
+    assert r"\textbf{0.680 $\pm$ 0.010}" in (out / "summary.tex").read_text()
+    assert [c["verdict"] for c in json.loads((out / "claims.json").read_text())["claims"]][2] == NOT_TESTABLE
+
+
+DEFAULTS = ROOT / "docs" / "results" / "defaults"
+
+
+def test_the_committed_defaults_report_rebuilds_byte_for_byte(tmp_path, monkeypatch, capsys):
+    """The command in docs/results/defaults/README.md, into a fresh folder: every file as committed (figures too:
+    matplotlib's Agg PNGs are byte-stable for one matplotlib version)."""
+    monkeypatch.chdir(ROOT)
+    report_main(["docs/results/defaults/runs", "--output_dir", str(tmp_path),
+                 "--command", "scripts/run_defaults.sh runs/defaults"])  # fmt: skip
+    committed = sorted(path.name for path in (DEFAULTS / "report").iterdir())
+    assert sorted(path.name for path in tmp_path.iterdir()) == committed
+    for name in committed:
+        assert (tmp_path / name).read_bytes() == (DEFAULTS / "report" / name).read_bytes(), name
 
 
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tiny_model, tiny_dataset, tmp_path):

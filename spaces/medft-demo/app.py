@@ -192,7 +192,7 @@ def load_study(source: str | None) -> tuple[str, str | None]:
     )
     report = re.sub(r"^---\n.*?\n---\n", "", report, flags=re.DOTALL)  # a dataset card's metadata block
     sections = report.split("\n## ")
-    keep = [s for s in sections if s.startswith(("Test results", "The paper's claims", "Paired comparison"))]
+    keep = [s for s in sections if s.startswith(("Test results", "The paper's claims", "Each strategy against ft"))]
     heatmap = folder / "delta_vs_ft.png"
     text = "\n\n".join("## " + s for s in keep) or report
     return text, str(heatmap) if heatmap.exists() else None
