@@ -69,6 +69,7 @@ class Bench:
             report_to="none",
             disable_tqdm=True,
             bf16=bf16,
+            use_cpu=not torch.cuda.is_available(),
             seed=0,
         )
         started = time.perf_counter()
@@ -193,6 +194,7 @@ def main() -> None:
             raw.setdefault(key, []).append(seconds)
             print(f"  {key}: {seconds:.1f} s", flush=True)
 
+        bench.project_seconds("ft", 1)  # warm-up (allocator, oneDNN kernels, page cache): not timed
         for repeat in range(args.repeats):
             print(f"repeat {repeat + 1}/{args.repeats}", flush=True)
             for strategy in strategies:

@@ -91,7 +91,7 @@ def _listing(folder: Path) -> dict[str, float]:
         (["--ft_learning_rate", "0.5"], r"strategy_config: checkpoint .*'ft_learning_rate': None.*0\.5"),
         (["--learning_rate", "0.01"], r"learning_rate: checkpoint 0.001, this run 0.01"),
         (["--max_train_samples", "30"], r"split_settings: checkpoint .*'max_train_samples': None.*30"),
-        (["--no_cache_images"], r"data_pipeline: checkpoint 'decoded', this run 'pil'"),
+        (["--cache_images", "false"], r"data_pipeline: checkpoint 'decoded', this run 'pil'"),
     ],
 )
 def test_resuming_a_different_run_is_refused(change, message, run_with_checkpoints, tiny_model, tiny_dataset, tmp_path):
