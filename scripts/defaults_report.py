@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import fields
 from pathlib import Path
 
@@ -105,16 +106,23 @@ def comparison(runs: pd.DataFrame, chosen: dict[str, dict]) -> str:
 
 
 def factor_figure(runs: pd.DataFrame, root: str, path: str) -> None:
-    """Auto-RGN's mean rate factor of the backbone's blocks and of the head, per epoch, under each head rule (seed 0,
-    every dataset): with the official rule the backbone gets a few percent of the rate."""
+    """Auto-RGN's mean rate factor of the backbone's blocks and of the head, per epoch, one panel per variant of the
+    flags the runs vary (seed 0, every dataset): with the official head rule the backbone gets a few percent."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = runs[(runs["strategy"] == "auto_rgn") & (runs["seed"] == 0)]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    for ax, (rule, group) in zip(axes, rows.groupby("rgn_head"), strict=False):
+    varied = [key for key in ABLATIONS["auto_rgn"] if rows[key].nunique() > 1]
+    variants = list(rows.groupby(varied)) if varied else [((), rows)]
+    columns = min(2, len(variants))
+    rows_of_panels = math.ceil(len(variants) / columns)
+    fig, axes = plt.subplots(
+        rows_of_panels, columns, figsize=(5 * columns, 3.4 * rows_of_panels), sharey=True, squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
+    for ax, (variant, group) in zip(axes.flat, variants, strict=False):
         for row in group.itertuples():
             series = STRATEGIES["auto_rgn"].state_series(RunResult.load(Path(root) / row.run).strategy_state)
             head = series.pop("head")
@@ -122,10 +130,11 @@ def factor_figure(runs: pd.DataFrame, root: str, path: str) -> None:
             epochs = range(1, len(head) + 1)
             line = ax.plot(epochs, backbone, marker="o", label=f"{row.dataset}: backbone blocks")[0]
             ax.plot(epochs, head, linestyle="--", color=line.get_color())
-        ax.set(title=f"--rgn_head {rule} (dashed: head)", xlabel="epoch", yscale="log", ylim=(1e-3, 1.5))
-    axes[0].set_ylabel("mean rate factor (× base rate)")
-    axes[1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+        values = variant if isinstance(variant, tuple) else (variant,)
+        ax.set(title=" / ".join(map(str, values)), xlabel="epoch", yscale="log", ylim=(1e-3, 1.5))
+        ax.set_ylabel("mean rate factor (× base rate)")
+    fig.suptitle(f"Auto-RGN, {' / '.join(varied) or 'defaults'} (dashed: the head)")
+    axes.flat[len(variants) - 1].legend(fontsize=7, loc="lower right")
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -142,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--choose", choices=list(ABLATIONS), help="print only this strategy's chosen setting (key=value,...)"
     )
-    parser.add_argument("--figure", help="also draw Auto-RGN's rate factors per head rule into this PNG")
+    parser.add_argument("--figure", help="also draw Auto-RGN's rate factors per variant into this PNG")
     args = parser.parse_args(argv)
     runs = load(args.runs)
     if args.choose:
