@@ -2,7 +2,7 @@
 
 Decoding (JPEG/PNG, RGB conversion, resizing) costs more than a small CNN's training step on a CPU and starves a
 GPU. `decode_split` does it once per image into an Arrow file that `datasets` keys by the split's fingerprint and
-the preprocessing, so a second run and every cell of a study read it back. Rows are read zero-copy from the
+the preprocessing, so a second run and every cell of a study read it back. Rows are read one at a time from the
 memory-mapped file: a dataset larger than memory streams from disk. The cache takes 3 x size² bytes per image
 (12 KiB at 64 px, 147 KiB at 224 px) in the datasets cache folder (`HF_DATASETS_CACHE`).
 """
@@ -118,7 +118,10 @@ class DecodedImages(torch.utils.data.Dataset):
     def uint8(self, index: int) -> torch.Tensor:
         """Row `index` as stored (no augmentation): the pixels the evaluation transform sees."""
         size = self.preprocessing.size
-        return torch.frombuffer(self.pixels[index].as_buffer(), dtype=torch.uint8).view(3, size, size)
+        # Copied out of the Arrow buffer: it may be read-only (memory-mapped), which torch.frombuffer cannot take
+        # on some torch/pyarrow versions ("could not retrieve buffer from object", seen in DataLoader workers).
+        row = np.frombuffer(self.pixels[index].as_buffer(), dtype=np.uint8).reshape(3, size, size)
+        return torch.from_numpy(row.copy())
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         pixels = self.uint8(index)

@@ -14,7 +14,7 @@ import statistics
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import datasets
@@ -40,6 +40,11 @@ class Bench:
     batch_size: int
     learning_rate: float
     output: Path
+    bf16: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def data(self, pipeline: str, augmentation: str = "light"):
         splits = load_splits(self.dataset, max_train_samples=self.max_train_samples, seed=0)
@@ -48,14 +53,19 @@ class Bench:
         train, validation, _ = image_datasets(splits, preprocessing, seed=0, cached=pipeline != "pil")
         return model, train, validation
 
-    def trainer(self, strategy: str, epochs: int, pipeline: str = "decoded", evaluate: bool = False, bf16=False):
+    def trainer(
+        self, strategy: str, epochs: int, pipeline: str = "decoded", evaluate: bool = False, channels_last=False
+    ):
         """The StrategyTrainer as train.py builds it (training steps only, unless `evaluate`: then validation and
-        a checkpoint every epoch, as a default run does)."""
+        a checkpoint every epoch, as a default run does). `channels_last` converts the model first, as a library
+        option would."""
         transformers.set_seed(0)
         augmentation = "none" if pipeline == "features" else "light"
         model, train, validation = self.data(pipeline, augmentation)
         built = build_strategy(strategy, None, BlockLayout.from_model(model), epochs)
         model = built.prepare_model(model)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
         per_epoch = "epoch" if evaluate else "no"
         args = MedftTrainingArguments(
             output_dir=tempfile.mkdtemp(dir=self.output),
@@ -68,12 +78,13 @@ class Bench:
             load_best_model_at_end=evaluate,
             report_to="none",
             disable_tqdm=True,
-            bf16=bf16,
+            bf16=self.bf16,
             use_cpu=not torch.cuda.is_available(),
             seed=0,
         )
         started = time.perf_counter()
-        if pipeline == "features":
+        if pipeline == "features":  # as train.py: on the device the Trainer will use
+            model.to(args.device)
             train = StoredFeatures.compute(model, train, args.per_device_eval_batch_size)
             validation = StoredFeatures.compute(model, validation, args.per_device_eval_batch_size)
         setup = time.perf_counter() - started
@@ -88,10 +99,10 @@ class Bench:
         return trainer, setup
 
     def project_seconds(
-        self, strategy: str, epochs: int, pipeline: str = "decoded", bf16: bool = False
+        self, strategy: str, epochs: int, pipeline: str = "decoded", channels_last: bool = False
     ) -> tuple[float, float]:
         """Seconds of `train()` (with the feature extraction for `features`), and the median steady step."""
-        trainer, setup = self.trainer(strategy, epochs, pipeline, bf16=bf16)
+        trainer, setup = self.trainer(strategy, epochs, pipeline, channels_last=channels_last)
         clock = StepClock()
         trainer.add_callback(clock)
         started = time.perf_counter()
@@ -102,12 +113,14 @@ class Bench:
     def bare_seconds(self, strategy: str, epochs: int, channels_last: bool = False) -> float:
         """A minimal loop: decoded uint8 tensors in memory, flip and a 4-pixel shift on whole batches, and the same
         optimisation as the Trainer's default recipe (its AdamW variant, gradient clipping at --max_grad_norm 1,
-        linear decay), so the difference is the Trainer's overhead. For lp the backbone is frozen with its BatchNorm
-        in eval mode."""
+        linear decay, bf16 autocast with `--bf16`), so the difference is the Trainer's overhead. The images sit on
+        the device. For lp the backbone is frozen with its BatchNorm in eval mode."""
         transformers.set_seed(0)
+        device = self.device
         model, train, _ = self.data("decoded")
-        images = torch.stack([train.uint8(i) for i in range(len(train))])
-        labels = torch.as_tensor(train.labels)
+        model.to(device)
+        images = torch.stack([train.uint8(i) for i in range(len(train))]).to(device)
+        labels = torch.as_tensor(train.labels, device=device)
         head = [p for name, p in model.named_parameters() if name in BlockLayout.from_model(model).new]
         if strategy == "lp":
             model.requires_grad_(False)
@@ -119,7 +132,7 @@ class Bench:
         optimizer = optimizer_cls(trainable, **{**optimizer_kwargs, "lr": self.learning_rate, "weight_decay": 1e-4})
         steps = epochs * math.ceil(len(labels) / self.batch_size)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
-        mean, std = train.mean * 255, train.std * 255
+        mean, std = (torch.as_tensor(value * 255, device=device) for value in (train.mean, train.std))
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model.to(memory_format=memory_format)
         started = time.perf_counter()
@@ -127,21 +140,36 @@ class Bench:
             model.train()
             if strategy == "lp":
                 model.timm_model.eval()  # frozen BatchNorm keeps its statistics
-            for batch in torch.randperm(len(labels)).split(self.batch_size):
+            for batch in torch.randperm(len(labels), device=device).split(self.batch_size):
                 x = images[batch]
-                x = torch.where(torch.rand(len(x), 1, 1, 1) < 0.5, x.flip(-1), x)
+                x = torch.where(torch.rand(len(x), 1, 1, 1, device=device) < 0.5, x.flip(-1), x)
                 dy, dx = torch.randint(-4, 5, (2,)).tolist()
                 x = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="replicate")[
                     ..., 4 + dy : 4 + dy + x.shape[-2], 4 + dx : 4 + dx + x.shape[-1]
                 ]
-                logits = model(pixel_values=((x.float() - mean) / std).contiguous(memory_format=memory_format)).logits
-                loss = torch.nn.functional.cross_entropy(logits, labels[batch])
+                with torch.autocast(device.type, torch.bfloat16, enabled=self.bf16):
+                    x = ((x.float() - mean) / std).contiguous(memory_format=memory_format)
+                    loss = torch.nn.functional.cross_entropy(model(pixel_values=x).logits, labels[batch])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(trainable, defaults.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         return time.perf_counter() - started
+
+    def evaluation_images_per_second(self, repeats: int) -> float:
+        """Validation images per second of `Trainer.evaluate` (median of `repeats` after an untimed one): the
+        `eval` figure of a grid file's `throughput` (medft_hf/cost.py), its DataLoader start-up included."""
+        trainer, _ = self.trainer("ft", 1, evaluate=True)
+        trainer.evaluate()
+        seconds = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            trainer.evaluate()
+            seconds.append(time.perf_counter() - started)
+        return len(trainer.eval_dataset) / statistics.median(seconds)
 
     def evaluation_share(self, epochs: int) -> dict[str, float]:
         """FT with validation and a checkpoint every epoch: the share of `train()`'s wall time outside the epochs'
@@ -200,6 +228,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="paired repeats (medians are reported)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated")
     parser.add_argument("--lp_epochs", type=int, default=10, help="epochs of the cached-feature LP comparison")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast in both the Trainer and the bare loop")
+    parser.add_argument(
+        "--throughput_only",
+        action="store_true",
+        help="only FT training and evaluation images/s through the Trainer: a grid file's `throughput` entry",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw timings here")
     args = parser.parse_args()
     transformers.utils.logging.set_verbosity_error()
@@ -214,7 +248,11 @@ def main() -> None:
             args.batch_size,
             args.learning_rate,
             Path(scratch),
+            args.bf16,
         )
+        if args.throughput_only:
+            report_throughput(bench, args)
+            return
         images = args.max_train_samples * args.epochs
         raw: dict[str, list[float]] = {}
 
@@ -234,9 +272,11 @@ def main() -> None:
                     timed(f"bare {strategy}", bench.bare_seconds(strategy, args.epochs))
                     timed(f"project {strategy} pil", bench.project_seconds(strategy, args.epochs, "pil"))
             if "ft" in strategies and repeat == 0:  # a first look, not a paired series
-                timed("project ft bf16", bench.project_seconds("ft", 1, bf16=True))
-                timed("project ft 1 epoch", bench.project_seconds("ft", 1))
+                if not args.bf16:
+                    timed("project ft bf16", replace(bench, bf16=True).project_seconds("ft", 1))
+                    timed("project ft 1 epoch", bench.project_seconds("ft", 1))
                 timed("bare ft channels_last", bench.bare_seconds("ft", args.epochs, channels_last=True))
+                timed("project ft channels_last", bench.project_seconds("ft", args.epochs, channels_last=True))
             timed(f"lp pil {args.lp_epochs} epochs", bench.project_seconds("lp", args.lp_epochs, "pil"))
             timed(f"lp features {args.lp_epochs} epochs", bench.project_seconds("lp", args.lp_epochs, "features"))
         share = bench.evaluation_share(6)
@@ -247,10 +287,7 @@ def main() -> None:
         pairs = [a / b for a, b in zip(raw[numerator], raw[denominator], strict=True)]
         return ", ".join(f"{r:.2f}" for r in pairs) + f" (median {statistics.median(pairs):.2f})"
 
-    print(
-        f"\n{args.model} at {args.image_size} px, batch {args.batch_size}, {args.epochs} epochs of "
-        f"{args.max_train_samples} images, {args.repeats} paired repeats, torch threads {torch.get_num_threads()}"
-    )
+    print(f"\n{setting(args)}, {args.repeats} paired repeats")
     print(
         "\n| strategy | Trainer (img/s) | bare loop (img/s) | Trainer / bare, time per image (per pair) | "
         "whole run vs FT (per pair) | steady step vs FT (per pair) |"
@@ -265,12 +302,14 @@ def main() -> None:
     for strategy in ("ft", "lp"):
         if f"project {strategy} pil" in raw:
             print(f"- {strategy}: {ratios(f'project {strategy} pil', f'project {strategy}')}")
-    if "project ft bf16" in raw:
-        print("\nPrecision and memory format, time per image against the default:")
-        bf16 = raw["project ft bf16"][0] / raw["project ft 1 epoch"][0]
-        print(f"- ft with --bf16 (autocast) vs fp32, one epoch (repeat 1): {bf16:.2f}")
-        channels_last = raw["bare ft channels_last"][0] / raw["bare ft"][0]
-        print(f"- bare ft with channels-last vs contiguous (repeat 1): {channels_last:.2f}")
+    if "bare ft channels_last" in raw:
+        print("\nPrecision and memory format, time per image against the default (repeat 1):")
+        if "project ft bf16" in raw:
+            bf16 = raw["project ft bf16"][0] / raw["project ft 1 epoch"][0]
+            print(f"- ft with --bf16 (autocast) vs fp32, one epoch: {bf16:.2f}")
+        for side in ("bare", "project"):
+            channels_last = raw[f"{side} ft channels_last"][0] / raw[f"{side} ft"][0]
+            print(f"- {side} ft with channels-last vs contiguous: {channels_last:.2f}")
     print(
         f"\nLP for {args.lp_epochs} epochs: PIL pipeline with light augmentation (before) "
         f"{median[f'lp pil {args.lp_epochs} epochs']:.1f} s, cached features (feature extraction included) "
@@ -283,6 +322,29 @@ def main() -> None:
     )
     if args.json:
         args.json.write_text(json.dumps({"raw_seconds": raw, "evaluation_share": share, **vars(args)}, default=str))
+
+
+def setting(args: argparse.Namespace) -> str:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    return (
+        f"{args.model} at {args.image_size} px, batch {args.batch_size}, {args.epochs} epochs of "
+        f"{args.max_train_samples} images, {'bf16' if args.bf16 else 'fp32'}, {device}"
+    )
+
+
+def report_throughput(bench: Bench, args: argparse.Namespace) -> None:
+    """FT training images/s (median of the repeats, steps and data pipeline) and evaluation images/s, printed as a
+    grid file's `images_per_second` entry."""
+    bench.project_seconds("ft", 1)  # warm-up
+    train = [bench.project_seconds("ft", args.epochs)[0] for _ in range(args.repeats)]
+    train_rate = args.max_train_samples * args.epochs / statistics.median(train)
+    eval_rate = bench.evaluation_images_per_second(args.repeats)
+    print(f"\n{setting(args)}, {args.repeats} repeats")
+    print(f"{Path(args.model).name}: {{train: {train_rate:.0f}, eval: {eval_rate:.0f}}}")
+    if args.json:
+        args.json.write_text(
+            json.dumps({"train_seconds": train, "train": train_rate, "eval": eval_rate, **vars(args)}, default=str)
+        )
 
 
 if __name__ == "__main__":
