@@ -1,10 +1,11 @@
-"""The tables behind the validation-chosen defaults (docs/results/defaults/README.md), from a folder of runs of
-`hub_configs/benchmarks/defaults.yaml`.
+"""The tables behind the validation-chosen defaults (docs/results/defaults, auto-rgn and own-lr), from a folder of
+runs of `hub_configs/benchmarks/defaults.yaml`, `auto-rgn.yaml` or `own-lr.yaml`.
 
     python scripts/defaults_report.py docs/results/defaults/runs
     python scripts/defaults_report.py runs/defaults --choose lpft    # only LP-FT's chosen setting, as a --filter
 
-For each ablation (Auto-RGN's head rule and reference tensors, LP-FT's fine-tuning rate, the augmentation of FT),
+For each ablation (Auto-RGN's head rule, BatchNorm and optimizer state, LP-FT's fine-tuning rate, FT's augmentation,
+and each strategy's learning rate),
 every variant's validation and test balanced accuracy per dataset (mean ± std over seeds, n), and the variant chosen:
 the highest validation score averaged over datasets, on the seeds every variant has. Then the strategies at their
 chosen defaults side by side on test, with whether each is below LP and FT beyond the seed spread (its mean + std
@@ -26,10 +27,12 @@ from medft_hf.results import RunResult
 from medft_hf.strategies import STRATEGIES
 
 METRIC = "balanced_accuracy"
+# What each strategy's variants may differ in: its own flags, the augmentation and the (peak) learning rate.
 ABLATIONS = {
-    "auto_rgn": ["rgn_head", "rgn_norms", "rgn_fresh_optimizer"],
+    "auto_rgn": ["rgn_head", "rgn_norms", "rgn_fresh_optimizer", "learning_rate"],
     "lpft": ["ft_learning_rate"],
-    "ft": ["augmentation"],
+    "ft": ["augmentation", "learning_rate"],
+    "lp": ["learning_rate"],
 }
 
 
@@ -39,12 +42,14 @@ def load(root: str) -> pd.DataFrame:
     for strategy, keys in ABLATIONS.items():
         # a run made before a flag existed ran at what is now its default
         defaults = {f.name: f.default for f in fields(STRATEGIES[strategy].config_class)}
-        for key in set(keys) - {"augmentation"}:
+        for key in set(keys) & set(defaults):
             runs[key] = configs.map(lambda config, key=key, default=defaults[key]: config.get(key, default))
     return runs
 
 
 def cell(values: pd.Series) -> str:
+    if values.empty:
+        return "–"
     std = values.std() if len(values) > 1 else 0.0
     return f"{values.mean():.3f} ± {std:.3f} ({len(values)})"
 
@@ -53,11 +58,16 @@ def ablation(runs: pd.DataFrame, strategy: str, keys: list[str]) -> tuple[str, d
     rows = runs[runs["strategy"] == strategy]
     variants = rows.groupby(keys, dropna=False)
     shared_seeds = set.intersection(*(set(group["seed"]) for _, group in variants))
+    # compared on what every variant has: a variant missing a dataset (a failed or unfinished run) is not averaged
+    # over the others alone
+    shared_datasets = set.intersection(
+        *(set(group.loc[group["seed"].isin(shared_seeds), "dataset"]) for _, group in variants)
+    )
     datasets = sorted(rows["dataset"].unique())
     lines = [
         f"| {' / '.join(keys)} | "
         + " | ".join(f"{d}: validation | {d}: test" for d in datasets)
-        + f" | validation, mean over datasets (seeds {sorted(shared_seeds)}) |",
+        + f" | validation, mean over {_datasets(shared_datasets, datasets)} (seeds {sorted(shared_seeds)}) |",
         "|---|" + "---|---|" * len(datasets) + "---|",
     ]
     scores = {}
@@ -67,7 +77,7 @@ def ablation(runs: pd.DataFrame, strategy: str, keys: list[str]) -> tuple[str, d
         for dataset in datasets:
             on = group[group["dataset"] == dataset]
             cells += [cell(on[f"validation_{METRIC}"]), cell(on[f"test_{METRIC}"])]
-        shared = group[group["seed"].isin(shared_seeds)]
+        shared = group[group["seed"].isin(shared_seeds) & group["dataset"].isin(shared_datasets)]
         scores[variant] = shared.groupby("dataset")[f"validation_{METRIC}"].mean().mean()
         lines.append(f"| {' / '.join(map(str, variant))} | " + " | ".join(cells) + f" | {scores[variant]:.4f} |")
     chosen = max(scores, key=scores.get)
@@ -80,7 +90,7 @@ def ablation(runs: pd.DataFrame, strategy: str, keys: list[str]) -> tuple[str, d
 
 
 def comparison(runs: pd.DataFrame, chosen: dict[str, dict]) -> str:
-    picked = {"lp": runs[runs["strategy"] == "lp"]}
+    picked = {}
     for strategy, setting in chosen.items():
         rows = runs[runs["strategy"] == strategy]
         for key, value in setting.items():
@@ -137,6 +147,10 @@ def factor_figure(runs: pd.DataFrame, root: str, path: str) -> None:
     axes.flat[len(variants) - 1].legend(fontsize=7, loc="lower right")
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _datasets(shared: set[str], every: list[str]) -> str:
+    return "datasets" if shared == set(every) else ", ".join(sorted(shared))
 
 
 def _below(stats: dict[str, tuple[float, float]], name: str, others: list[str]) -> str:
