@@ -159,6 +159,41 @@ class Bench:
             torch.cuda.synchronize()
         return time.perf_counter() - started
 
+    def interleaved_steps(self, strategies: list[str], epochs: int, rounds: int, steps: int) -> dict[str, list[float]]:
+        """Seconds per optimizer step of each strategy, measured in turns: every round times `steps` steps of each
+        strategy back to back, so a drift of the machine's speed hits all of them alike. A step is what the Trainer
+        does per batch (forward with the strategy's penalty, backward, clipping, optimizer and scheduler step) on
+        batches already collated, in the state of the strategy's last epoch (the most it trains; Auto-RGN's rates
+        measured). The data pipeline is left out: it is the same for every strategy."""
+        trainers = {}
+        for strategy in strategies:
+            trainer, _ = self.trainer(strategy, epochs)
+            trainer.create_optimizer_and_scheduler(
+                num_training_steps=epochs * math.ceil(self.max_train_samples / self.batch_size)
+            )
+            trainer.begin_strategy_epoch(epochs - 1)
+            trainer.current_gradient_accumulation_steps = 1  # set by train()'s loop, read by training_step
+            rows = trainer.train_dataset
+            batches = [
+                trainer._prepare_inputs(trainer.data_collator([rows[i] for i in range(start, start + self.batch_size)]))
+                for start in range(0, 4 * self.batch_size, self.batch_size)
+            ]
+            trainers[strategy] = trainer, batches
+        seconds: dict[str, list[float]] = {strategy: [] for strategy in strategies}
+        for _ in range(rounds + 1):  # the first round warms up
+            for strategy, (trainer, batches) in trainers.items():
+                started = time.perf_counter()
+                for step in range(steps):
+                    trainer.training_step(trainer.model, batches[step % len(batches)])
+                    torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.args.max_grad_norm)
+                    trainer.optimizer.step()
+                    trainer.lr_scheduler.step()
+                    trainer.model.zero_grad()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds[strategy].append((time.perf_counter() - started) / steps)
+        return {strategy: values[1:] for strategy, values in seconds.items()}
+
     def evaluation_images_per_second(self, repeats: int) -> float:
         """Validation images per second of `Trainer.evaluate` (median of `repeats` after an untimed one): the
         `eval` figure of a grid file's `throughput` (medft_hf/cost.py), its DataLoader start-up included."""
@@ -234,6 +269,12 @@ def main() -> None:
         action="store_true",
         help="only FT training and evaluation images/s through the Trainer: a grid file's `throughput` entry",
     )
+    parser.add_argument(
+        "--interleaved_rounds",
+        type=int,
+        default=0,
+        help="only each strategy's step time against FT's, measured in this many interleaved rounds",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw timings here")
     args = parser.parse_args()
     transformers.utils.logging.set_verbosity_error()
@@ -252,6 +293,9 @@ def main() -> None:
         )
         if args.throughput_only:
             report_throughput(bench, args)
+            return
+        if args.interleaved_rounds:
+            report_interleaved(bench, strategies, args)
             return
         images = args.max_train_samples * args.epochs
         raw: dict[str, list[float]] = {}
@@ -330,6 +374,23 @@ def setting(args: argparse.Namespace) -> str:
         f"{args.model} at {args.image_size} px, batch {args.batch_size}, {args.epochs} epochs of "
         f"{args.max_train_samples} images, {'bf16' if args.bf16 else 'fp32'}, {device}"
     )
+
+
+def report_interleaved(bench: Bench, strategies: list[str], args: argparse.Namespace) -> None:
+    """Each strategy's step time over FT's, per round (both measured within seconds of each other) and median."""
+    strategies = ["ft", *[name for name in strategies if name != "ft"]]
+    seconds = bench.interleaved_steps(strategies, args.epochs, args.interleaved_rounds, steps=5)
+    print(f"\n{setting(args)}, {args.interleaved_rounds} interleaved rounds of 5 steps each")
+    print("\n| strategy | step (ms, median) | step vs FT (median of the rounds' ratios) | range of the ratios |")
+    print("|---|---|---|---|")
+    for strategy, values in seconds.items():
+        ratios = [a / b for a, b in zip(values, seconds["ft"], strict=True)]
+        print(
+            f"| {strategy} | {statistics.median(values) * 1000:.0f} | {statistics.median(ratios):.3f} | "
+            f"{min(ratios):.2f}-{max(ratios):.2f} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"step_seconds": seconds, **vars(args)}, default=str))
 
 
 def report_throughput(bench: Bench, args: argparse.Namespace) -> None:
