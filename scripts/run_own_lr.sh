@@ -12,4 +12,7 @@ bench "strategy=ft,seed=0"
 for strategy in lp auto_rgn ft; do
     bench "strategy=$strategy,seed=1|2,$(python scripts/defaults_report.py "$OUT" --choose "$strategy")"
 done
+# Then LP-FT, its LP phase at LP's chosen rate (in the grid file), its fine-tuning rate chosen the same way.
+bench "strategy=lpft,seed=0"
+bench "strategy=lpft,seed=1|2,$(python scripts/defaults_report.py "$OUT" --choose lpft)"
 python scripts/defaults_report.py "$OUT"
