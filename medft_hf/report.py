@@ -29,7 +29,7 @@ from .report_stats import (
     dataset_level_tests,
     smallest_p,
 )
-from .results import CALIBRATION, METRICS, RESULTS_FILE, RunResult
+from .results import CALIBRATION, METRICS, RESULTS_FILE, RUNGS_FOLDER, RunResult, ranked_settings
 from .strategies import STRATEGIES
 
 # What identifies a setting of runs made outside a study grid (a study cell's folder names its sweep point).
@@ -43,17 +43,22 @@ SWEEP_KEY = re.compile(r"([A-Za-z_]\w*)=(.*?)(?=-[A-Za-z_]\w*=|$)")  # "learning
 
 # ---- collecting -----------------------------------------------------------------------------------------------
 def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A tidy table with one row per finished run, and one with one row per failed cell."""
+    """A tidy table with one row per finished run, and one with one row per failed cell. A study's successive-halving
+    runs (`rungs/`) are left out: they chose settings, they are not results."""
     root = Path(root)
-    rows = [_row(RunResult.load(path), path.parent, root) for path in sorted(root.rglob(RESULTS_FILE))]
+    rows = [_row(RunResult.load(path), path.parent, root) for path in _outside_rungs(root, RESULTS_FILE)]
     failed = []
-    for path in sorted(root.rglob("failed.json")):
+    for path in _outside_rungs(root, "failed.json"):
         if not (path.parent / RESULTS_FILE).exists():
             record = json.loads(path.read_text())
             failed.append({"cell": str(path.parent.relative_to(root)), "error": record.get("error", "")})
     if not rows:
         raise MedftError(f"{root}: no {RESULTS_FILE} found. Point the report at a folder of finished runs.")
     return pd.DataFrame(rows), pd.DataFrame(failed, columns=["cell", "error"])
+
+
+def _outside_rungs(root: Path, name: str) -> list[Path]:
+    return [path for path in sorted(root.rglob(name)) if path.relative_to(root).parts[0] != RUNGS_FOLDER]
 
 
 def _row(result: RunResult, folder: Path, root: Path) -> dict[str, Any]:
@@ -105,7 +110,7 @@ def select_on_validation(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     for _, group in runs.groupby([*CASE, "strategy"], sort=True):
         shared = set.intersection(*group.groupby("setting")["seed"].agg(set))
         scored = group[group["seed"].isin(shared)] if shared else group
-        best = scored.groupby("setting")[column].mean().idxmax()
+        best = ranked_settings(scored.groupby("setting")[column].mean().to_dict())[0]
         chosen.append(group[group["setting"] == best])
     return pd.concat(chosen, ignore_index=True)
 

@@ -8,6 +8,7 @@ also by rename, so its presence means the run completed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -21,6 +22,9 @@ import torch
 from .errors import MedftError
 
 RESULTS_FILE = "results.json"
+# A study's successive-halving runs (short schedules that rank settings) live under this folder of its output; they
+# chose the settings but are not results of the study.
+RUNGS_FOLDER = "rungs"
 # The metric registry: every split's headline metrics (name -> display name), in the order tables show them.
 METRICS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "macro_f1": "Macro F1", "auroc": "AUROC"}
 CALIBRATION = {"ece": "ECE (top-label, 15 equal-width bins)", "brier": "Brier score"}
@@ -136,6 +140,12 @@ def save_model_atomic(model, output_dir: str | Path) -> None:
 
 def is_finished_run(output_dir: str | Path) -> bool:
     return (Path(output_dir) / RESULTS_FILE).is_file()
+
+
+def ranked_settings(mean_validation: dict[str, float]) -> list[str]:
+    """Settings best first by mean validation score; ties go to the setting named first, and a setting without a
+    score (its runs failed) comes last. The one rule by which the study runner and the report choose."""
+    return sorted(mean_validation, key=lambda name: (math.isnan(mean_validation[name]), -mean_validation[name], name))
 
 
 def epoch_history(log_history: list[dict[str, Any]], trainable_per_epoch: dict[int, int]) -> list[dict[str, Any]]:

@@ -4,6 +4,12 @@ A grid is a YAML file (`hub_configs/benchmarks/*.yaml`) naming entries of the ca
 `hub_configs/backbones/` and `hub_configs/datasets/`. Every cell is one `train.py` run (the same code, in-process)
 into its own folder; a cell with `results.json` is finished and skipped on a rerun, a cell with a complete
 checkpoint is resumed from it, and a cell that fails leaves `failed.json` with its error and the grid goes on.
+
+A grid with a `search` section chooses each strategy's setting before spending seeds on it: successive halving of the
+sweep points on the search seeds (short, complete schedules in `rungs/`, the best 1/η kept at each rung, then the
+full schedule), then the other seeds at the setting with the best validation score. Each stage is a list of
+ordinary cells, so resuming, sharding, locks and Ray work the same; a stage starts for a strategy once its previous
+stage has finished.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from .checkpoints import latest_complete_checkpoint
 from .cost import CostModel, Estimate, estimate
 from .errors import MedftError, exit_on_error
 from .modeling import architecture_layout
-from .results import RESULTS_FILE, is_finished_run, write_json_atomic
+from .results import RESULTS_FILE, RUNGS_FOLDER, RunResult, is_finished_run, ranked_settings, write_json_atomic
 from .strategies import STRATEGIES, build_strategy
 
 FAILED_FILE = "failed.json"
@@ -52,6 +58,11 @@ def catalog(kind: str) -> dict[str, dict[str, Any]]:
     return {entry["name"]: entry for entry in entries}
 
 
+def point_name(sweep: tuple[tuple[str, Any], ...]) -> str:
+    """A sweep point as its folder (and the report's setting) names it: `learning_rate=0.001-sp_alpha=0.1`."""
+    return "-".join(f"{key}={value}" for key, value in sweep) or "default"
+
+
 @dataclass(frozen=True)
 class Cell:
     """One training run of the grid."""
@@ -61,15 +72,52 @@ class Cell:
     strategy: str
     seed: int
     sweep: tuple[tuple[str, Any], ...] = ()
+    epochs: int | None = None  # a successive-halving rung: a complete schedule of this many epochs
 
     @property
     def path(self) -> Path:
-        point = "-".join(f"{key}={value}" for key, value in self.sweep) or "default"
-        return Path(self.dataset) / self.backbone / self.strategy / point / f"seed{self.seed}"
+        path = Path(self.dataset) / self.backbone / self.strategy / point_name(self.sweep) / f"seed{self.seed}"
+        return Path(RUNGS_FOLDER) / f"e{self.epochs}" / path if self.epochs else path
 
     def as_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "backbone": self.backbone, "strategy": self.strategy, "seed": self.seed,
                 **dict(self.sweep)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Search:
+    """How a grid chooses each strategy's setting (its sweep point) for a fraction of a full sweep's cost.
+
+    On `seeds`, every point trains a complete schedule of `rungs[0]` epochs and the best 1/`reduction_factor`
+    (rounded up) go on to the next rung, and so on; the survivors of the last rung train the grid's full schedule,
+    and the best of those (mean validation score over `seeds`) is the setting the grid's other seeds train. Rungs
+    are complete short schedules, as in medft-select: LP-FT's LP share, gradual unfreezing's pace and the decay are
+    all compressed to the rung, so strategies are ranked after doing everything they do by design.
+    """
+
+    seeds: tuple[int, ...] = (0,)
+    rungs: tuple[int, ...] = ()
+    reduction_factor: int = 3
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Search:
+        unknown = set(spec) - {"seeds", "rungs", "reduction_factor"}
+        if unknown:
+            raise MedftError(f"search: unknown keys {sorted(unknown)} (seeds, rungs, reduction_factor).")
+        search = cls(
+            tuple(spec.get("seeds", cls.seeds)), tuple(sorted(spec.get("rungs", ()))),
+            int(spec.get("reduction_factor", cls.reduction_factor)),
+        )  # fmt: skip
+        if not search.seeds or search.reduction_factor < 2 or any(int(e) != e or e < 1 for e in search.rungs):
+            raise MedftError(
+                f"search: needs at least one seed, reduction_factor >= 2 and rungs of whole epochs >= 1 (got {spec})."
+            )
+        return search
+
+    @property
+    def stages(self) -> int:
+        """The rungs, the full schedule on the search seeds, the other seeds."""
+        return len(self.rungs) + 2
 
 
 @dataclass
@@ -78,7 +126,8 @@ class Grid:
 
     `sweep` maps train.py flags to lists of values; every combination becomes its own cells, and the report keeps,
     for each dataset × backbone × strategy, the combination with the best mean validation score.
-    `overrides[strategy]` adds flags (and may replace `sweep`) for one strategy. A backbone or dataset is the name
+    `overrides[strategy]` adds flags (and may replace `sweep`) for one strategy. `search` (see `Search`) makes the
+    sweep a successive-halving search on some seeds before the others run. A backbone or dataset is the name
     of a catalog entry or an entry written inline (`{name: ..., model: ...}` / `{name: ..., path: ...}`); a dataset
     entry's `train_flags` (e.g. `max_train_samples`) apply to its cells. `throughput` states the images/s of each
     backbone on the grid's hardware, for `--dry-run`'s cost estimate (see `medft_hf.cost`).
@@ -95,6 +144,7 @@ class Grid:
     description: str = ""
     hardware: str = ""
     throughput: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Grid:
@@ -129,6 +179,11 @@ class Grid:
         ]
         if not self.seeds:
             problems.append("no seeds")
+        if self.search:
+            try:
+                problems += self._search_problems()
+            except MedftError as error:
+                problems.append(str(error))
         if self.throughput:
             try:
                 CostModel.from_spec(self.throughput, self.names("backbones"))
@@ -172,6 +227,85 @@ class Grid:
             ]
         return problems
 
+    def _search_problems(self) -> list[str]:
+        search = self.searching
+        problems = [f"search seed {s} is not among the grid's seeds" for s in search.seeds if s not in self.seeds]
+        for strategy in self.strategies:
+            epochs = {**self.training, **self.overrides.get(strategy, {})}.get("num_train_epochs", 10)
+            if search.rungs and max(search.rungs) >= epochs:
+                problems.append(f"search rungs {list(search.rungs)} must be shorter than {strategy}'s {epochs} epochs")
+        return problems
+
+    @property
+    def searching(self) -> Search | None:
+        return Search.from_spec(self.search) if self.search else None
+
+    @property
+    def stages(self) -> int:
+        return self.searching.stages if self.search else 1
+
+    def stage_cells(self, stage: int, root: Path, filters: dict[str, set[str]] | None = None) -> tuple[list[Cell], int]:
+        """The cells of one stage that the filters admit, and how many strategies cannot enter it yet (their
+        previous stage has unfinished cells). Without `search` there is one stage: every cell."""
+        filters = filters or {}
+        search = self.searching
+        if search is None:
+            return self.cells(filters), 0
+        cells, waiting = [], 0
+        for group, points in self._sweep_points(filters).items():
+            chosen = self._survivors(group, points, min(stage, len(search.rungs) + 1), root)
+            if chosen is None:
+                waiting += 1
+                continue
+            if stage < len(search.rungs):  # a rung: only where there is something to rank
+                seeds, epochs = (search.seeds, search.rungs[stage]) if len(points) > 1 else ((), None)
+            elif stage == len(search.rungs):
+                seeds, epochs = search.seeds, None
+            else:
+                seeds, epochs = [seed for seed in self.seeds if seed not in search.seeds], None
+            cells += [Cell(*group, seed, point, epochs) for point in chosen for seed in seeds]
+        return _admitted(cells, filters), waiting
+
+    def planned_cells(self, filters: dict[str, set[str]] | None = None) -> list[Cell]:
+        """Every cell a search runs, with the first sweep points standing in for those the search will keep: the
+        right count and cost, before anything has run."""
+        search, cells = self.searching, []
+        for group, points in self._sweep_points(filters).items():
+            for epochs in search.rungs if len(points) > 1 else ():
+                cells += [Cell(*group, seed, point, epochs) for point in points for seed in search.seeds]
+                points = points[: math.ceil(len(points) / search.reduction_factor)]
+            cells += [Cell(*group, seed, point) for point in points for seed in search.seeds]
+            cells += [Cell(*group, seed, points[0]) for seed in self.seeds if seed not in search.seeds]
+        return _admitted(cells, filters or {})
+
+    def _sweep_points(self, filters: dict[str, set[str]] | None) -> dict[tuple[str, str, str], list]:
+        """Each dataset × backbone × strategy the filters admit, with all its sweep points (a search ranks them all,
+        whatever the filters say). Refuses unknown filters, naming what exists."""
+        admitted = {(c.dataset, c.backbone, c.strategy) for c in self.cells(filters)}
+        groups: dict[tuple[str, str, str], list] = {}
+        for cell in self.cells():
+            group = (cell.dataset, cell.backbone, cell.strategy)
+            if group in admitted and cell.sweep not in groups.setdefault(group, []):
+                groups[group].append(cell.sweep)
+        return groups
+
+    def _survivors(self, group: tuple[str, str, str], points: list, stage: int, root: Path) -> list | None:
+        """The sweep points of `group` that enter `stage`; None while an earlier stage is unfinished."""
+        search = self.searching
+        for epochs in [*search.rungs, None][:stage]:
+            if len(points) == 1:
+                break
+            scores = {}
+            for point in points:
+                folders = [root / Cell(*group, seed, point, epochs).path for seed in search.seeds]
+                if not all(is_finished_run(f) or (f / FAILED_FILE).exists() for f in folders):
+                    return None
+                scores[point_name(point)] = _mean_validation(folders)
+            keep = 1 if epochs is None else math.ceil(len(points) / search.reduction_factor)
+            by_name = {point_name(point): point for point in points}
+            points = [by_name[name] for name in ranked_settings(scores)[:keep]]
+        return points
+
     def entry(self, kind: str, name: str) -> dict[str, Any]:
         """The catalog or inline entry called `name` (kind: backbones or datasets)."""
         inline = {e["name"]: e for e in getattr(self, kind) if isinstance(e, dict)}
@@ -204,6 +338,7 @@ class Grid:
             **dataset.get("train_flags", {}),
             **{k: v for k, v in self.overrides.get(cell.strategy, {}).items() if k != "sweep"},
             **dict(cell.sweep),
+            **({"num_train_epochs": cell.epochs} if cell.epochs else {}),
             "seed": cell.seed,
             "output_dir": str(output_dir),
         }
@@ -262,7 +397,10 @@ def _same(value: Any, text: str) -> bool:
 
 def _filtered(cells: list[Cell], filters: dict[str, set[str]]) -> list[Cell]:
     """The cells every filter admits; an unknown key or a value no cell has is refused, naming what exists."""
-    known = {key: {cell.as_dict().get(key) for cell in cells} for cell in cells for key in cell.as_dict()}
+    known: dict[str, set[Any]] = {}
+    for cell in cells:
+        for key, value in cell.as_dict().items():
+            known.setdefault(key, set()).add(value)
     problems = []
     for key, wanted in filters.items():
         if key not in known:
@@ -274,11 +412,22 @@ def _filtered(cells: list[Cell], filters: dict[str, set[str]]) -> list[Cell]:
             problems.append(f"{key}={'|'.join(unmatched)} matches no cell ({key} values: {values})")
     if problems:
         raise MedftError("--filter: " + "; ".join(problems) + ".")
+    return _admitted(cells, filters)
+
+
+def _admitted(cells: list[Cell], filters: dict[str, set[str]]) -> list[Cell]:
     return [
         cell
         for cell in cells
         if all(any(_same(cell.as_dict().get(key), text) for text in wanted) for key, wanted in filters.items())
     ]
+
+
+def _mean_validation(folders: list[Path], metric: str = "balanced_accuracy") -> float:
+    """The mean validation score of finished runs (NaN if one failed): what a search stage ranks by, as the report
+    does (its default metric, train.py's metric for the best epoch)."""
+    scores = [RunResult.load(f / RESULTS_FILE).validation[metric] if is_finished_run(f) else math.nan for f in folders]
+    return sum(scores) / len(scores)
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -455,20 +604,31 @@ def main(argv: list[str] | None = None) -> None:
     with exit_on_error():
         grid = Grid.from_yaml(args.grid)
         index, count = parse_shard(args.shard)
-        cells = grid.cells(parse_filters(args.filter))[index::count]
+        filters = parse_filters(args.filter)
+        grid.cells(filters)  # refuses unknown filters before anything runs
     root = Path(args.output_dir or f"runs/{grid.name}")
+
+    def stage_cells(stage: int) -> tuple[list[Cell], int]:
+        cells, waiting = grid.stage_cells(stage, root, filters)
+        return cells[index::count], waiting
+
     if args.status:
         states = Counter()
-        for cell in cells:
-            state = cell_status(root, cell)
-            states[state] += 1
-            print(f"{state:<8} {cell.path}")
-        print(", ".join(f"{states[s]} {s}" for s in ("done", "failed", "running", "pending")) + f" of {len(cells)}")
+        for stage in range(grid.stages):
+            cells, waiting = stage_cells(stage)
+            for cell in cells:
+                state = cell_status(root, cell)
+                states[state] += 1
+                print(f"{state:<8} {cell.path}")
+            states["waiting"] += waiting
+        print(", ".join(f"{states[s]} {s}" for s in ("done", "failed", "running", "pending")) + " cells"
+              + (f"; {states['waiting']} strategy stages wait for an earlier one" if grid.search else ""))  # fmt: skip
         return
     if args.dry_run:
+        cells = grid.cells(filters)[index::count] if not grid.search else grid.planned_cells(filters)[index::count]
         for cell in cells:
             print(f"{cell.path}\n    train.py {' '.join(grid.argv(cell, root / cell.path))}")
-        print(f"{len(cells)} cells")
+        print(f"{len(cells)} cells" + (" at most (the search decides which points continue)" if grid.search else ""))
         try:
             print("\n".join(grid.cost(cells).lines()))
         except MedftError as error:  # a grid without throughput figures still lists its cells
@@ -477,24 +637,30 @@ def main(argv: list[str] | None = None) -> None:
 
     configure_logging()
     grid.training.setdefault("disable_tqdm", True)
-    if args.ray is not None:
-        from .cluster import run_on_ray  # Ray is an optional extra
-
-        gpus = args.gpus_per_cell if args.gpus_per_cell is not None else 0 if grid.training.get("use_cpu") else 1
-        with exit_on_error():
-            finished = run_on_ray(
-                cells, functools.partial(run_cell_in_worker, grid, root), args.ray or None, args.cpus_per_cell, gpus
-            )
-    else:
-        finished = ((cell, run_cell(grid, cell, root)) for cell in cells)
     is_main = os.environ.get("RANK", "0") == "0"
     outcomes: Counter[str] = Counter()
-    for cell, outcome in tqdm(finished, desc=grid.name, total=len(cells), unit="cell", disable=not is_main):
-        outcomes[outcome] += 1
-        if outcome == "failed" and is_main:
-            tqdm.write(f"failed: {cell.path} (see {root / cell.path / FAILED_FILE})")
+    total = waiting = 0
+    for stage in range(grid.stages):
+        cells, waiting = stage_cells(stage)
+        total += len(cells)
+        if args.ray is not None:
+            from .cluster import run_on_ray  # Ray is an optional extra
+
+            gpus = args.gpus_per_cell if args.gpus_per_cell is not None else 0 if grid.training.get("use_cpu") else 1
+            with exit_on_error():
+                finished = run_on_ray(
+                    cells, functools.partial(run_cell_in_worker, grid, root), args.ray or None, args.cpus_per_cell, gpus
+                )
+        else:
+            finished = ((cell, run_cell(grid, cell, root)) for cell in cells)
+        description = grid.name + (f" stage {stage + 1}/{grid.stages}" if grid.search else "")
+        for cell, outcome in tqdm(finished, desc=description, total=len(cells), unit="cell", disable=not is_main):
+            outcomes[outcome] += 1
+            if outcome == "failed" and is_main:
+                tqdm.write(f"failed: {cell.path} (see {root / cell.path / FAILED_FILE})")
     if is_main:
-        print(f"{grid.name}: {dict(outcomes)} of {len(cells)} cells; results in {root}")
+        pending = f"; {waiting} strategies wait for cells running elsewhere (rerun to go on)" if waiting else ""
+        print(f"{grid.name}: {dict(outcomes)} of {total} cells{pending}; results in {root}")
     sys.exit(1 if outcomes["failed"] else 0)
 
 

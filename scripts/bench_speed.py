@@ -340,7 +340,11 @@ def main() -> None:
     for strategy in strategies:
         project, bare = f"project {strategy}", f"bare {strategy}"
         versus_bare = f"{images / median[bare]:.0f} | {ratios(project, bare)}" if bare in raw else "- | -"
-        versus_ft = f"{ratios(project, 'project ft')} | {ratios(f'{project} step', 'project ft step')}"
+        versus_ft = (
+            f"{ratios(project, 'project ft')} | {ratios(f'{project} step', 'project ft step')}"
+            if "project ft" in raw
+            else "- | -"
+        )
         print(f"| {strategy} | {images / median[project]:.0f} | {versus_bare} | {versus_ft} |")
     print("\nBefore the cache (PIL decoding and augmentation on every step), Trainer time per image vs cached:")
     for strategy in ("ft", "lp"):

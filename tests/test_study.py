@@ -123,6 +123,64 @@ def test_shards_split_the_cells_without_overlap(tmp_path, capsys):
             parse_shard(bad)
 
 
+def test_a_search_halves_the_sweep_on_seed_0_then_runs_the_other_seeds_at_the_setting_chosen_there(tmp_path, capsys):
+    from medft_hf.study import Cell, main
+
+    grid, root = Grid.from_yaml("cpu-v2"), tmp_path / "runs"
+    filters = parse_filters("dataset=breastmnist-local,backbone=efficientnet-lite0-local,strategy=ft|l2sp")
+
+    def stage(k: int) -> tuple[set[tuple[str, str, int, int | None]], int]:
+        cells, waiting = grid.stage_cells(k, root, filters)
+        return {(c.strategy, c.path.parts[-2], c.seed, c.epochs) for c in cells}, waiting
+
+    def finish(cells: set, score) -> None:
+        for strategy, point, seed, epochs in cells:
+            cell = next(
+                c for c in grid.cells(filters) if (c.strategy, c.seed, c.path.parts[-2]) == (strategy, seed, point)
+            )
+            folder = root / Cell(cell.dataset, cell.backbone, strategy, seed, cell.sweep, epochs).path
+            write_result(root, "d", strategy, seed, 1e-3, score(point, epochs), 0.5, folder=folder)
+
+    rung, waiting = stage(0)
+    assert waiting == 0 and len(rung) == 4 + 8, "every point of ft (4 rates) and l2sp (4 rates x 2 alphas), seed 0"
+    assert {epochs for *_, epochs in rung} == {3} and {seed for _, _, seed, _ in rung} == {0}
+    assert stage(1) == (set(), 2), "the full schedule waits for the rung"
+    # On the rung, validation prefers smaller rates (ties broken by the setting's name); at 8 epochs, larger ones.
+    finish(rung, lambda point, epochs: 0.8 - float(point.split("=")[1].split("-")[0]))
+    full, _ = stage(1)
+    assert {(s, p) for s, p, *_ in full} == {
+        ("ft", "learning_rate=0.0003"), ("ft", "learning_rate=0.001"),  # the best third of 4, rounded up: 2
+        ("l2sp", "learning_rate=0.0003-sp_alpha=0.01"), ("l2sp", "learning_rate=0.0003-sp_alpha=0.1"),
+        ("l2sp", "learning_rate=0.001-sp_alpha=0.01"),  # of 8: 3
+    }  # fmt: skip
+    assert {(seed, epochs) for *_, seed, epochs in full} == {(0, None)}
+    finish(full, lambda point, epochs: 0.5 + float(point.split("=")[1].split("-")[0]))
+    seeds, _ = stage(2)
+    assert seeds == {("ft", "learning_rate=0.001", 1, None), ("ft", "learning_rate=0.001", 2, None),
+                     ("l2sp", "learning_rate=0.001-sp_alpha=0.01", 1, None),
+                     ("l2sp", "learning_rate=0.001-sp_alpha=0.01", 2, None)}  # fmt: skip
+    finish(seeds, lambda point, epochs: 0.6)
+    # the report leaves the rungs out and chooses what the search chose
+    runs, _ = collect(root)
+    assert len(runs) == len(full) + len(seeds)
+    chosen = select_on_validation(runs, "balanced_accuracy").groupby("strategy")["setting"].agg(set).to_dict()
+    assert chosen == {"ft": {"learning_rate=0.001"}, "l2sp": {"learning_rate=0.001-sp_alpha=0.01"}}
+    main(["cpu-v2", "--output_dir", str(root), "--status", "--filter", "dataset=breastmnist-local,backbone="
+          "efficientnet-lite0-local,strategy=ft|l2sp"])  # fmt: skip
+    assert capsys.readouterr().out.splitlines()[-1].startswith("21 done, 0 failed, 0 running, 0 pending cells")
+
+
+def test_a_search_is_refused_with_rungs_as_long_as_the_schedule_or_seeds_outside_the_grid(tmp_path):
+    spec = yaml.safe_load(Path(ROOT / "hub_configs/benchmarks/cpu-v2.yaml").read_text())
+    spec["search"] = {"seeds": [5], "rungs": [8]}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(MedftError) as error:
+        Grid.from_yaml(path)
+    assert "search seed 5 is not among the grid's seeds" in str(error.value)
+    assert "search rungs [8] must be shorter than ft's 8 epochs" in str(error.value)
+
+
 def test_a_cell_held_by_a_live_worker_is_not_run_twice_and_a_dead_workers_lock_is_taken_over(tmp_path):
     import socket
 
