@@ -58,11 +58,34 @@ class StartingPointRegularization(Strategy):
         if self.anchor[0].device != anchored[0].device:
             # Accelerate (or FSDP, DeepSpeed) moved the model after setup: the anchor follows it, once.
             self.anchor = [a.to(p.device) for a, p in zip(self.anchor, anchored, strict=True)]
+        new = [parameters[name] for name in self.new_names]
         alpha, beta = self.config.sp_alpha, self.config.sp_beta
-        # One fused op per step over all tensors, not a Python loop of small ops per tensor.
-        distance = torch.stack(torch._foreach_norm(torch._foreach_sub(anchored, self.anchor), self.p)).pow(self.p).sum()
-        new = torch.stack(torch._foreach_norm([parameters[name] for name in self.new_names], 2)).pow(2).sum()
-        return (alpha / self.p) * distance + (beta / 2) * new
+        return _StartingPointPenalty.apply(alpha, beta, self.p, self.anchor, len(anchored), *anchored, *new)
+
+
+class _StartingPointPenalty(torch.autograd.Function):
+    """(α/p)·Σ‖w − w⁰‖_p^p + (β/2)·Σ‖v‖² with its gradient written out, α(w − w⁰) or α·sign(w − w⁰) and βv: one
+    foreach op per direction over all tensors, where autograd's graph of per-tensor norms and powers made an SP step
+    ~6% slower than FT's (docs/performance.md)."""
+
+    @staticmethod
+    def forward(ctx, alpha, beta, p, anchor, count, *tensors):
+        anchored, new = tensors[:count], tensors[count:]
+        distance = torch._foreach_sub(anchored, anchor)
+        ctx.save_for_backward(*new)
+        ctx.alpha, ctx.beta, ctx.p, ctx.distance = alpha, beta, p, distance
+        value = (alpha / p) * torch.stack(torch._foreach_norm(distance, p)).pow(p).sum()
+        return value + (beta / 2) * torch.stack(torch._foreach_norm(new, 2)).pow(2).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        # The gradient is written over w − w⁰ in place (no allocation for 4.7 M weights), so it can be taken once.
+        anchored, ctx.distance = ctx.distance, None
+        if ctx.p == 1:
+            torch._foreach_sign_(anchored)
+        torch._foreach_mul_(anchored, grad * ctx.alpha)
+        new = torch._foreach_mul(list(ctx.saved_tensors), grad * ctx.beta)
+        return None, None, None, None, None, *anchored, *new
 
 
 @register_strategy
