@@ -20,7 +20,7 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
-from .data import ImageClassificationDataset, ImageClassificationSplits, Preprocessing
+from .data import ImageClassificationDataset, ImageClassificationSplits, Preprocessing, undecodable_rows
 from .errors import MedftError
 from .images import to_rgb
 from .strategies import Strategy
@@ -44,12 +44,8 @@ def decode_split(
     def decode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         pixels = []
         for index, value in zip(indices, batch[image_column], strict=True):
-            try:
+            with undecodable_rows(name, index):
                 image = to_rgb(image_feature.decode_example(value))
-            except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for undecodable bytes
-                raise MedftError(
-                    f"{name} row {index}: the image cannot be decoded ({error}). Fix or drop that row."
-                ) from error
             pixels.append(transform(image).numpy().tobytes())
         return {"pixels": pixels, "labels": batch[label_column]}
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -266,17 +266,23 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        try:
+        with undecodable_rows(self.name, index):
             row = self.split[index]
             image = to_rgb(row[self.image_column])
-        except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for undecodable bytes
-            raise MedftError(
-                f"{self.name} row {index}: the image cannot be decoded ({error}). Fix or drop that row."
-            ) from error
         seeded = nullcontext() if self.seed is None else isolated_rng(derived_seed(self.seed, self.epoch, index))
         with seeded:
             pixel_values = self.transform(image)
         return {"pixel_values": pixel_values, "labels": row[self.label_column]}
+
+
+@contextmanager
+def undecodable_rows(split_name: str, index: int) -> Iterator[None]:
+    """PIL's errors for undecodable bytes, as one message naming the split's row and the fix."""
+    try:
+        yield
+    except (OSError, ValueError, SyntaxError) as error:
+        message = f"{split_name} row {index}: the image cannot be decoded ({error}). Fix or drop that row."
+        raise MedftError(message) from error
 
 
 # Training augmentations, by name (`--augmentation`). None of them touches intensity or colour: in a medical
