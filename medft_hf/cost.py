@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from . import defaults
 from .errors import MedftError
 from .modeling import architecture_parameter_count
 
@@ -71,9 +72,8 @@ def split_sizes(num_rows: dict[str, int], flags: dict[str, Any]) -> tuple[int, i
     by `data.load_splits`'s rules: a missing or too small validation split is carved from train, validation is
     capped by `max_eval_samples`, train by `max_train_samples`; test is whole."""
     train, validation, test = num_rows["train"], num_rows.get("validation", 0), num_rows.get("test", 0)
-    # the defaults are train.py's (--val_fraction 0.1, --num_train_epochs 10), as in Grid.coinciding_schedules
     if validation == 0 or validation < flags.get("min_validation_size", 0):
-        validation = round(train * flags.get("val_fraction", 0.1))
+        validation = round(train * flags.get("val_fraction", defaults.VAL_FRACTION))
         train -= validation
     return (
         min(train, flags.get("max_train_samples") or train),
@@ -138,8 +138,9 @@ def estimate(cells: Iterable[tuple[str, str, dict[str, Any], dict[str, int]]], m
             weights[model_id] = architecture_parameter_count(model_id) * BYTES_PER_PARAMETER
         sizes = split_sizes(num_rows, flags)
         count[backbone] += 1
-        hours[backbone] += cell_gpu_hours(sizes, flags.get("num_train_epochs", 10), model.images_per_second[backbone])
+        epochs = flags.get("num_train_epochs", defaults.NUM_TRAIN_EPOCHS)
+        hours[backbone] += cell_gpu_hours(sizes, epochs, model.images_per_second[backbone])
         all_weights[backbone] += weights[model_id]
-        kept[backbone] += weights[model_id] if flags.get("save_model", True) else 0.0
+        kept[backbone] += weights[model_id] if flags.get("save_model", defaults.SAVE_MODEL) else 0.0
         checkpoints[backbone] = CHECKPOINT_COPIES * weights[model_id]
     return Estimate(dict(count), dict(hours), dict(all_weights), dict(kept), checkpoints, model)

@@ -39,6 +39,7 @@ import transformers
 import yaml
 from tqdm.auto import tqdm
 
+from . import defaults
 from .checkpoints import latest_complete_checkpoint
 from .cost import CostModel, Estimate, estimate
 from .errors import MedftError, exit_on_error
@@ -207,7 +208,7 @@ class Grid:
             built = {}
             for strategy in self.strategies:
                 flags = {**self.training, **self.overrides.get(strategy, {})}
-                epochs = math.ceil(float(flags.get("num_train_epochs", 10)))
+                epochs = math.ceil(float(flags.get("num_train_epochs", defaults.NUM_TRAIN_EPOCHS)))
                 config_class = STRATEGIES[strategy].config_class
                 config = config_class(**{f.name: flags[f.name] for f in fields(config_class) if f.name in flags})
                 try:
@@ -231,7 +232,8 @@ class Grid:
         search = self.searching
         problems = [f"search seed {s} is not among the grid's seeds" for s in search.seeds if s not in self.seeds]
         for strategy in self.strategies:
-            epochs = {**self.training, **self.overrides.get(strategy, {})}.get("num_train_epochs", 10)
+            flags = {**self.training, **self.overrides.get(strategy, {})}
+            epochs = flags.get("num_train_epochs", defaults.NUM_TRAIN_EPOCHS)
             if search.rungs and max(search.rungs) >= epochs:
                 problems.append(f"search rungs {list(search.rungs)} must be shorter than {strategy}'s {epochs} epochs")
         return problems

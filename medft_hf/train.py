@@ -23,6 +23,7 @@ import torch
 import transformers
 from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArguments, set_seed
 
+from . import defaults
 from . import metrics as metrics_lib
 from .cache import StoredFeatures, check_feature_cache, head_only, image_datasets
 from .checkpoints import load_checkpoint_state, resolve_checkpoint
@@ -87,7 +88,7 @@ class DataArguments:
     image_column: str | None = field(default=None, metadata={"help": "Default: the first Image column."})
     label_column: str | None = field(default=None, metadata={"help": "Default: the first ClassLabel column."})
     val_fraction: float = field(
-        default=0.1,
+        default=defaults.VAL_FRACTION,
         metadata={"help": "Share of train carved out (stratified, seeded) when there is no validation split."},
     )
     max_train_samples: int | None = field(
@@ -158,7 +159,7 @@ class MedftTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a finished run in --output_dir instead of refusing to."}
     )
-    num_train_epochs: float = 10.0
+    num_train_epochs: float = defaults.NUM_TRAIN_EPOCHS
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     lr_scheduler_type: str = "cosine"
@@ -200,7 +201,7 @@ class MedftTrainingArguments(TrainingArguments):
         },
     )
     save_model: bool = field(
-        default=True,
+        default=defaults.SAVE_MODEL,
         metadata={
             "help": "Write the final model to --output_dir. false: results.json and figures only, for runs whose "
             "weights nobody will use (a study's cells); checkpoints are still written during training, for "
