@@ -63,6 +63,11 @@ class SelectArguments:
         metadata={"help": "The Optuna database URL that workers share (default: sqlite:///OUTPUT_DIR/search.db)."},
     )
     seeds: int = field(default=3, metadata={"help": "Final runs of the chosen configuration, if the budget allows."})
+    search_seed: int = field(
+        default=0,
+        metadata={"help": "Seeds the sampler that proposes trials, so a search run again from scratch on one worker "
+                  "proposes the same configurations."},
+    )  # fmt: skip
     reduction_factor: int = field(
         default=3, metadata={"help": "Successive halving's η: each rung is η times longer and keeps 1/η of trials."}
     )
@@ -98,8 +103,9 @@ def select(args: SelectArguments, flags: dict[str, Any]) -> Selection:
 
     output_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(args.storage or f"sqlite:///{(output_dir / 'search.db').resolve()}")
-    settings = {"flags": base, "strategies": space.strategies, "rungs": space.rungs, "eta": args.reduction_factor}
-    study = open_study(storage, settings, space, args.reduction_factor)
+    settings = {"flags": base, "strategies": space.strategies, "rungs": space.rungs, "eta": args.reduction_factor,
+                "search_seed": args.search_seed}  # fmt: skip
+    study = open_study(storage, settings, space, args.reduction_factor, args.search_seed)
     requeue_interrupted(study)
     _search(study, space, split, base, output_dir)
     wait_for_other_workers(study)

@@ -178,3 +178,28 @@ def test_too_small_time_budget_is_refused_after_a_timing_probe(tiny_model, tiny_
     with pytest.raises(MedftError, match=r"s per epoch \(measured\)\. It needs at least --budget \d+m"):
         search(tiny_model, tiny_dataset, output_dir, budget="1s")
     assert not output_dir.exists()
+
+
+def test_a_search_from_scratch_with_one_seed_proposes_the_same_configurations(tmp_path):
+    """The sampler is seeded (--search_seed): past the starting points, TPE's proposals repeat, and differ with
+    another seed."""
+    from medft_hf.modeling import BlockLayout
+    from medft_hf.selection.space import SearchSpace
+    from medft_hf.selection.storage import open_storage, open_study
+
+    layout = BlockLayout(blocks=(("b0",), ("b1",), ("b2",)), head=("head",), new=("head",))
+    space = SearchSpace.build(["ft", "lpft", "l2sp"], {}, layout, final_epochs=4, reduction_factor=2)
+
+    def proposals(name: str, seed: int) -> list[dict]:
+        storage = open_storage(f"sqlite:///{tmp_path / name}.db")
+        study = open_study(storage, {"case": name}, space, 2, seed)
+        configurations = []
+        for _ in range(len(space.strategies) + 4):
+            trial = study.ask()
+            configurations.append(space.suggest(trial))
+            study.tell(trial, 0.5 + 0.01 * len(configurations))
+        return configurations[len(space.strategies) :]
+
+    first = proposals("first", seed=0)
+    assert proposals("second", seed=0) == first
+    assert proposals("third", seed=1) != first

@@ -47,7 +47,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 
 
 def open_study(
-    storage: optuna.storages.RDBStorage, settings: dict[str, Any], space: SearchSpace, reduction_factor: int
+    storage: optuna.storages.RDBStorage, settings: dict[str, Any], space: SearchSpace, reduction_factor: int, seed: int
 ) -> optuna.Study:
     """The study of these settings: created with one starting point per strategy by the first worker (the database
     decides which), joined by the others and by a rerun; a study of other settings is refused."""
@@ -55,8 +55,9 @@ def open_study(
     options = {
         "storage": storage,
         "study_name": STUDY_NAME,
-        # constant_liar: workers sampling at once see each other's running trials and spread out
-        "sampler": optuna.samplers.TPESampler(constant_liar=True),
+        # constant_liar: workers sampling at once see each other's running trials and spread out. The seed makes a
+        # single worker's search repeatable from scratch (a resumed one continues with a fresh sampler state).
+        "sampler": optuna.samplers.TPESampler(seed=seed, constant_liar=True),
         "pruner": optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=reduction_factor),
     }
     try:
