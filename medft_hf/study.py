@@ -93,7 +93,7 @@ class Search:
     (rounded up) go on to the next rung, and so on; the survivors of the last rung train the grid's full schedule,
     and the best of those (mean validation score over `seeds`) is the setting the grid's other seeds train. Rungs
     are complete short schedules, as in medft-select: LP-FT's LP share, gradual unfreezing's pace and the decay are
-    all compressed to the rung, so strategies are ranked after doing everything they do by design.
+    all compressed to the rung, so a setting is ranked after its strategy has done everything it does by design.
     """
 
     seeds: tuple[int, ...] = (0,)
