@@ -65,6 +65,8 @@ class RunResult:
     positive_class: str | None = None
     best_checkpoint: str | None = None
     strategy_state: dict[str, Any] = field(default_factory=dict)
+    # per test image: the label and the class probabilities (metrics.per_image_outputs), for recomputing anything
+    test_outputs: dict[str, list] | None = None
     pushed_to: str | None = None
     # set by medft-select on its final runs: how this configuration was chosen (trials, budget, reason)
     selection: dict[str, Any] | None = None

@@ -340,7 +340,8 @@ class Grid:
             **dataset.get("train_flags", {}),
             **{k: v for k, v in self.overrides.get(cell.strategy, {}).items() if k != "sweep"},
             **dict(cell.sweep),
-            **({"num_train_epochs": cell.epochs} if cell.epochs else {}),
+            # a rung only ranks settings on validation: its test split stays unseen (and unpaid for)
+            **({"num_train_epochs": cell.epochs, "skip_test": True} if cell.epochs else {}),
             "seed": cell.seed,
             "output_dir": str(output_dir),
         }

@@ -439,11 +439,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             prediction.predictions, prediction.label_ids, per_class=True, metric=metric, **binary, **options
         )
 
-    test_metrics = None
+    test_metrics = test_outputs = None
     if test_set is not None:
+        test_prediction = trainer.predict(test_set)
         test_metrics = evaluate(
-            trainer.predict(test_set), bootstrap_resamples=training_args.bootstrap_resamples, seed=training_args.seed
+            test_prediction, bootstrap_resamples=training_args.bootstrap_resamples, seed=training_args.seed
         )
+        test_outputs = metrics_lib.per_image_outputs(test_prediction.predictions, test_prediction.label_ids)
 
     result = RunResult(
         **identity,
@@ -459,6 +461,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         positive_class=splits.class_names[positive_label] if binary else None,
         validation=evaluate(validation_prediction),
         test=test_metrics,
+        test_outputs=test_outputs,
         best_checkpoint=trainer.state.best_model_checkpoint,
         history=epoch_history(trainer.state.log_history, trainer.trainable_per_epoch),
         strategy_state=strategy.state_dict(),

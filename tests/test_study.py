@@ -144,6 +144,9 @@ def test_a_search_halves_the_sweep_on_seed_0_then_runs_the_other_seeds_at_the_se
     rung, waiting = stage(0)
     assert waiting == 0 and len(rung) == 4 + 8, "every point of ft (4 rates) and l2sp (4 rates x 2 alphas), seed 0"
     assert {epochs for *_, epochs in rung} == {3} and {seed for _, _, seed, _ in rung} == {0}
+    rung_cell = grid.stage_cells(0, root, filters)[0][0]
+    flags = grid.flags(rung_cell, tmp_path)
+    assert flags["num_train_epochs"] == 3 and flags["skip_test"] is True, "a rung never sees the test split"
     assert stage(1) == (set(), 2), "the full schedule waits for the rung"
     # On the rung, validation prefers smaller rates (ties broken by the setting's name); at 8 epochs, larger ones.
     finish(rung, lambda point, epochs: 0.8 - float(point.split("=")[1].split("-")[0]))
@@ -493,23 +496,23 @@ def test_report_writes_tables_figures_verdicts_and_lists_failed_cells(synthetic,
     assert [c["verdict"] for c in json.loads((out / "claims.json").read_text())["claims"]][2] == NOT_TESTABLE
 
 
-DEFAULTS = ROOT / "docs" / "results" / "defaults"
-
-
-def test_the_committed_defaults_report_rebuilds_from_its_runs(tmp_path, monkeypatch, capsys):
-    """The command in docs/results/defaults/README.md, into a fresh folder: every text file byte for byte, the
+@pytest.mark.parametrize(
+    ("study", "command"),
+    [("defaults", "scripts/run_defaults.sh runs/defaults"), ("cpu-v2", "scripts/run_cpu_v2.sh")],
+)
+def test_a_committed_report_rebuilds_from_its_runs(study, command, tmp_path, monkeypatch):
+    """The command in docs/results/<study>/README.md, into a fresh folder: every text file byte for byte, the
     parquet table by content, every figure present (PNG and parquet bytes carry the writing library's version)."""
     monkeypatch.chdir(ROOT)
-    report_main(["docs/results/defaults/runs", "--output_dir", str(tmp_path),
-                 "--command", "scripts/run_defaults.sh runs/defaults"])  # fmt: skip
-    committed = sorted(path.name for path in (DEFAULTS / "report").iterdir())
+    report_main([f"docs/results/{study}/runs", "--output_dir", str(tmp_path), "--command", command])
+    kept = ROOT / "docs/results" / study / "report"
+    committed = sorted(path.name for path in kept.iterdir())
     assert sorted(path.name for path in tmp_path.iterdir()) == committed
     for name in committed:
-        rebuilt, kept = tmp_path / name, DEFAULTS / "report" / name
         if name.endswith(".parquet"):
-            pd.testing.assert_frame_equal(pd.read_parquet(rebuilt), pd.read_parquet(kept))
+            pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / name), pd.read_parquet(kept / name))
         elif not name.endswith(".png"):
-            assert rebuilt.read_bytes() == kept.read_bytes(), name
+            assert (tmp_path / name).read_bytes() == (kept / name).read_bytes(), name
 
 
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tiny_model, tiny_dataset, tmp_path):

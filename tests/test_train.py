@@ -56,6 +56,20 @@ def test_results_json_has_the_promised_fields(finished_run):
     assert on_disk["class_names"] == ["benign", "malignant", "normal"]
 
 
+def test_results_json_keeps_each_test_images_probabilities_and_they_give_back_the_metrics(finished_run):
+    from sklearn.metrics import roc_auc_score
+
+    output_dir, _ = finished_run
+    result = RunResult.load(output_dir)
+    labels, probabilities = np.array(result.test_outputs["labels"]), np.array(result.test_outputs["probabilities"])
+    assert labels.shape == (result.num_examples["test"],) and probabilities.shape == (labels.size, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)  # 6 significant digits
+    rows = probabilities / probabilities.sum(axis=1, keepdims=True)  # sklearn wants sums of 1 to 1e-8
+    auroc = roc_auc_score(labels, rows, multi_class="ovr", labels=[0, 1, 2])
+    assert auroc == pytest.approx(result.test["auroc"], abs=2e-3)
+    assert (probabilities.argmax(1) == labels).mean() == pytest.approx(result.test["accuracy"])
+
+
 def test_results_json_is_the_typed_record_and_refuses_what_it_does_not_know(finished_run, tmp_path):
     output_dir, returned = finished_run
     loaded = RunResult.load(output_dir)

@@ -38,6 +38,14 @@ def compute_classification_metrics(
     )
 
 
+def per_image_outputs(logits: np.ndarray, labels: np.ndarray) -> dict[str, list]:
+    """Each image's label and class probabilities (6 significant digits: ~10 kB for 600 images), so that anything
+    computed from a split's predictions (intervals, calibration, a metric not thought of yet) can be recomputed from
+    results.json."""
+    probabilities = [[float(f"{p:.6g}") for p in row] for row in probabilities_of(logits)]
+    return {"labels": np.asarray(labels).astype(int).tolist(), "probabilities": probabilities}
+
+
 def youden_threshold(logits: np.ndarray, labels: np.ndarray, positive_label: int) -> float:
     """The probability threshold on the positive class that maximises sensitivity + specificity − 1 (Youden's J)
     on these (validation) images; applied unchanged to the test split."""
