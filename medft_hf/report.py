@@ -61,6 +61,19 @@ def _outside_rungs(root: Path, name: str) -> list[Path]:
     return [path for path in sorted(root.rglob(name)) if path.relative_to(root).parts[0] != RUNGS_FOLDER]
 
 
+def _rung_line(root: Path) -> list[str]:
+    """The search's cost, when the runs were chosen by successive halving (a grid's `search`)."""
+    rungs = [RunResult.load(path) for path in sorted((root / RUNGS_FOLDER).rglob(RESULTS_FILE))]
+    if not rungs:
+        return []
+    epochs = ", ".join(str(e) for e in sorted({int(r.num_train_epochs) for r in rungs}))
+    return [
+        f"- Search: {len(rungs)} more runs of {epochs} epochs ranked each strategy's settings on validation "
+        f"(successive halving, `{RUNGS_FOLDER}/`; not in the tables), {sum(r.train_runtime_s for r in rungs) / 60:.0f} "
+        "min of training."
+    ]
+
+
 def _row(result: RunResult, folder: Path, root: Path) -> dict[str, Any]:
     run = folder.relative_to(root)
     parts = run.parts
@@ -369,6 +382,7 @@ def write_report(root: str | Path, out: str | Path, metric: str = "balanced_accu
         f"- Runs: {len(runs)} finished, {len(failed)} failed; seeds {_values(runs, 'seed')}.",
         f"- Hardware: {', '.join(_values(runs, 'device'))}; training time of all runs together "
         f"{runs['train_runtime_s'].sum() / 60:.0f} min.",
+        *_rung_line(root),
         f"- Image size {_values(runs, 'image_size')} px, epochs {_values(runs, 'epochs')}.",
         f"- Metric: test `{metric}`, mean ± std over seeds (– where one seed). Each strategy's setting (the learning "
         f"rate and every swept key) was chosen per dataset and backbone by mean validation `{metric}`, on the seeds "

@@ -168,6 +168,8 @@ def test_a_search_halves_the_sweep_on_seed_0_then_runs_the_other_seeds_at_the_se
     assert len(runs) == len(full) + len(seeds)
     chosen = select_on_validation(runs, "balanced_accuracy").groupby("strategy")["setting"].agg(set).to_dict()
     assert chosen == {"ft": {"learning_rate=0.001"}, "l2sp": {"learning_rate=0.001-sp_alpha=0.01"}}
+    report = write_report(root, tmp_path / "report").read_text()
+    assert "- Search: 12 more runs of 2 epochs ranked each strategy's settings on validation" in report  # synthetic
     main(["cpu-v2", "--output_dir", str(root), "--status", "--filter", "dataset=breastmnist-local,backbone="
           "efficientnet-lite0-local,strategy=ft|l2sp"])  # fmt: skip
     assert capsys.readouterr().out.splitlines()[-1].startswith("21 done, 0 failed, 0 running, 0 pending cells")
