@@ -8,6 +8,7 @@ covers training steps with their data pipeline (DataLoader, augmentation), not t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -41,6 +42,11 @@ class Bench:
     learning_rate: float
     output: Path
     bf16: bool = False
+
+    @functools.cached_property
+    def train_images(self) -> int:
+        """The rows trained on: --max_train_samples, or fewer when the train split is smaller."""
+        return len(load_splits(self.dataset, max_train_samples=self.max_train_samples, seed=0).train)
 
     @property
     def device(self) -> torch.device:
@@ -169,7 +175,7 @@ class Bench:
         for strategy in strategies:
             trainer, _ = self.trainer(strategy, epochs)
             trainer.create_optimizer_and_scheduler(
-                num_training_steps=epochs * math.ceil(self.max_train_samples / self.batch_size)
+                num_training_steps=epochs * math.ceil(self.train_images / self.batch_size)
             )
             trainer.begin_strategy_epoch(epochs - 1)
             trainer.current_gradient_accumulation_steps = 1  # set by train()'s loop, read by training_step
@@ -297,7 +303,7 @@ def main() -> None:
         if args.interleaved_rounds:
             report_interleaved(bench, strategies, args)
             return
-        images = args.max_train_samples * args.epochs
+        images = bench.train_images * args.epochs
         raw: dict[str, list[float]] = {}
 
         def timed(key: str, seconds: float | tuple[float, float]) -> None:
@@ -331,7 +337,7 @@ def main() -> None:
         pairs = [a / b for a, b in zip(raw[numerator], raw[denominator], strict=True)]
         return ", ".join(f"{r:.2f}" for r in pairs) + f" (median {statistics.median(pairs):.2f})"
 
-    print(f"\n{setting(args)}, {args.repeats} paired repeats")
+    print(f"\n{setting(args, bench.train_images)}, {args.repeats} paired repeats")
     print(
         "\n| strategy | Trainer (img/s) | bare loop (img/s) | Trainer / bare, time per image (per pair) | "
         "whole run vs FT (per pair) | steady step vs FT (per pair) |"
@@ -372,11 +378,11 @@ def main() -> None:
         args.json.write_text(json.dumps({"raw_seconds": raw, "evaluation_share": share, **vars(args)}, default=str))
 
 
-def setting(args: argparse.Namespace) -> str:
+def setting(args: argparse.Namespace, train_images: int) -> str:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     return (
         f"{args.model} at {args.image_size} px, batch {args.batch_size}, {args.epochs} epochs of "
-        f"{args.max_train_samples} images, {'bf16' if args.bf16 else 'fp32'}, {device}"
+        f"{train_images} images, {'bf16' if args.bf16 else 'fp32'}, {device}"
     )
 
 
@@ -384,7 +390,7 @@ def report_interleaved(bench: Bench, strategies: list[str], args: argparse.Names
     """Each strategy's step time over FT's, per round (both measured within seconds of each other) and median."""
     strategies = ["ft", *[name for name in strategies if name != "ft"]]
     seconds = bench.interleaved_steps(strategies, args.epochs, args.interleaved_rounds, steps=5)
-    print(f"\n{setting(args)}, {args.interleaved_rounds} interleaved rounds of 5 steps each")
+    print(f"\n{setting(args, bench.train_images)}, {args.interleaved_rounds} interleaved rounds of 5 steps each")
     print("\n| strategy | step (ms, median) | step vs FT (median of the rounds' ratios) | range of the ratios |")
     print("|---|---|---|---|")
     for strategy, values in seconds.items():
@@ -402,9 +408,9 @@ def report_throughput(bench: Bench, args: argparse.Namespace) -> None:
     grid file's `images_per_second` entry."""
     bench.project_seconds("ft", 1)  # warm-up
     train = [bench.project_seconds("ft", args.epochs)[0] for _ in range(args.repeats)]
-    train_rate = args.max_train_samples * args.epochs / statistics.median(train)
+    train_rate = bench.train_images * args.epochs / statistics.median(train)
     eval_rate = bench.evaluation_images_per_second(args.repeats)
-    print(f"\n{setting(args)}, {args.repeats} repeats")
+    print(f"\n{setting(args, bench.train_images)}, {args.repeats} repeats")
     print(f"{Path(args.model).name}: {{train: {train_rate:.0f}, eval: {eval_rate:.0f}}}")
     if args.json:
         args.json.write_text(
