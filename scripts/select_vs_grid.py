@@ -69,7 +69,7 @@ def table() -> str:
     runs, _ = collect(GRID_RUNS)
     grid = summary(select_on_validation(runs[runs["backbone"] == BACKBONE], "balanced_accuracy"), "balanced_accuracy")
     lines = [
-        "| dataset | grid: epochs (hours) | search budget: epochs (used: hours) | grid's best strategy | "
+        "| dataset | grid: epochs (hours) | medft-select: budget (search, final; hours of search runs) | grid's best strategy | "
         "medft-select picked | its final runs (test) | the grid's row for it | within the best's spread |",
         "|---|---|---|---|---|---|---|---|",
     ]
