@@ -66,7 +66,7 @@ class SelectArguments:
     search_seed: int = field(
         default=0,
         metadata={"help": "Seeds the sampler that proposes trials, so a search run again from scratch on one worker "
-                  "proposes the same configurations."},
+                  "proposes the same configurations (workers that join a search sample unseeded)."},
     )  # fmt: skip
     reduction_factor: int = field(
         default=3, metadata={"help": "Successive halving's η: each rung is η times longer and keeps 1/η of trials."}

@@ -624,7 +624,8 @@ def main(argv: list[str] | None = None) -> None:
                 states[state] += 1
                 print(f"{state:<8} {cell.path}")
             states["waiting"] += waiting
-        print(", ".join(f"{states[s]} {s}" for s in ("done", "failed", "running", "pending")) + " cells"
+        counted = ("done", "failed", "running", "pending")
+        print(", ".join(f"{states[s]} {s}" for s in counted) + f" of {sum(states[s] for s in counted)} cells"
               + (f"; {states['waiting']} strategy stages wait for an earlier one" if grid.search else ""))  # fmt: skip
         return
     if args.dry_run:

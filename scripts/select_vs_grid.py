@@ -69,8 +69,9 @@ def table() -> str:
     runs, _ = collect(GRID_RUNS)
     grid = summary(select_on_validation(runs[runs["backbone"] == BACKBONE], "balanced_accuracy"), "balanced_accuracy")
     lines = [
-        "| dataset | grid: epochs (hours) | medft-select: budget (search, final; hours of search runs) | grid's best strategy | "
-        "medft-select picked | its final runs (test) | the grid's row for it | within the best's spread |",
+        "| dataset | grid: epochs (hours) | medft-select: budget (search, final; hours of search runs) | "
+        "grid's best strategy | medft-select picked | its final runs (test) | the grid's row for it | "
+        "within the best's spread |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for folder in sorted(p for p in DOCS.iterdir() if (p / RANKING_JSON).is_file()):

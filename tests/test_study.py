@@ -172,7 +172,7 @@ def test_a_search_halves_the_sweep_on_seed_0_then_runs_the_other_seeds_at_the_se
     assert "- Search: 12 more runs of 2 epochs ranked each strategy's settings on validation" in report  # synthetic
     main(["cpu-v2", "--output_dir", str(root), "--status", "--filter", "dataset=breastmnist-local,backbone="
           "efficientnet-lite0-local,strategy=ft|l2sp"])  # fmt: skip
-    assert capsys.readouterr().out.splitlines()[-1].startswith("21 done, 0 failed, 0 running, 0 pending cells")
+    assert capsys.readouterr().out.splitlines()[-1].startswith("21 done, 0 failed, 0 running, 0 pending of 21 cells")
 
 
 def test_a_search_is_refused_with_rungs_as_long_as_the_schedule_or_seeds_outside_the_grid(tmp_path):
@@ -215,7 +215,7 @@ def test_status_lists_each_cells_state(tmp_path, capsys):
     write_result(tmp_path, "breastmnist-local", "ft", 0, 1e-3, 0.5, 0.6)
     main(["cpu", "--output_dir", str(tmp_path), "--status", "--filter", "dataset=breastmnist-local,strategy=ft"])
     output = capsys.readouterr().out
-    assert output.strip().splitlines()[-1] == "0 done, 0 failed, 0 running, 6 pending of 6"
+    assert output.strip().splitlines()[-1] == "0 done, 0 failed, 0 running, 6 pending of 6 cells"
 
 
 # ---- a real grid, killed and restarted -------------------------------------------------------------------------

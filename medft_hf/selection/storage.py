@@ -56,14 +56,15 @@ def open_study(
         "storage": storage,
         "study_name": STUDY_NAME,
         # constant_liar: workers sampling at once see each other's running trials and spread out. The seed makes a
-        # single worker's search repeatable from scratch (a resumed one continues with a fresh sampler state).
+        # search run from scratch by one worker repeatable; a worker that joins (another worker's search, or a rerun
+        # after an interruption) samples unseeded, or two workers would propose the same configurations.
         "sampler": optuna.samplers.TPESampler(seed=seed, constant_liar=True),
         "pruner": optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=reduction_factor),
     }
     try:
         study = optuna.create_study(direction="maximize", **options)
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(**options)
+        study = optuna.load_study(**{**options, "sampler": optuna.samplers.TPESampler(constant_liar=True)})
         saved = study.user_attrs.get("settings")
         if saved is not None and saved != settings:
             changed = sorted(key for key in {**saved, **settings} if saved.get(key) != settings.get(key))
