@@ -238,7 +238,7 @@ class Grid:
                 problems.append(f"search rungs {list(search.rungs)} must be shorter than {strategy}'s {epochs} epochs")
         return problems
 
-    @property
+    @functools.cached_property
     def searching(self) -> Search | None:
         return Search.from_spec(self.search) if self.search else None
 
@@ -255,7 +255,7 @@ class Grid:
             return self.cells(filters), 0
         cells, waiting = [], 0
         for group, points in self._sweep_points(filters).items():
-            chosen = self._survivors(group, points, min(stage, len(search.rungs) + 1), root)
+            chosen = self._survivors(group, points, stage, root)
             if chosen is None:
                 waiting += 1
                 continue
@@ -269,9 +269,11 @@ class Grid:
         return _admitted(cells, filters), waiting
 
     def planned_cells(self, filters: dict[str, set[str]] | None = None) -> list[Cell]:
-        """Every cell a search runs, with the first sweep points standing in for those the search will keep: the
+        """Every cell the grid runs; with a search, the first sweep points stand in for those it will keep: the
         right count and cost, before anything has run."""
         search, cells = self.searching, []
+        if search is None:
+            return self.cells(filters)
         for group, points in self._sweep_points(filters).items():
             for epochs in search.rungs if len(points) > 1 else ():
                 cells += [Cell(*group, seed, point, epochs) for point in points for seed in search.seeds]
@@ -292,7 +294,8 @@ class Grid:
         return groups
 
     def _survivors(self, group: tuple[str, str, str], points: list, stage: int, root: Path) -> list | None:
-        """The sweep points of `group` that enter `stage`; None while an earlier stage is unfinished."""
+        """The sweep points of `group` that enter `stage`; None while an earlier stage is unfinished. Each earlier
+        stage on the search seeds (the rungs, then the full schedule) keeps its best; the last stage has one."""
         search = self.searching
         for epochs in [*search.rungs, None][:stage]:
             if len(points) == 1:
@@ -629,7 +632,7 @@ def main(argv: list[str] | None = None) -> None:
               + (f"; {states['waiting']} strategy stages wait for an earlier one" if grid.search else ""))  # fmt: skip
         return
     if args.dry_run:
-        cells = grid.cells(filters)[index::count] if not grid.search else grid.planned_cells(filters)[index::count]
+        cells = grid.planned_cells(filters)[index::count]
         for cell in cells:
             print(f"{cell.path}\n    train.py {' '.join(grid.argv(cell, root / cell.path))}")
         print(f"{len(cells)} cells" + (" at most (the search decides which points continue)" if grid.search else ""))
@@ -643,20 +646,25 @@ def main(argv: list[str] | None = None) -> None:
     grid.training.setdefault("disable_tqdm", True)
     is_main = os.environ.get("RANK", "0") == "0"
     outcomes: Counter[str] = Counter()
+    if args.ray is not None:
+        from .cluster import run_on_ray  # Ray is an optional extra
+
+        gpus = args.gpus_per_cell if args.gpus_per_cell is not None else 0 if grid.training.get("use_cpu") else 1
+        task = functools.partial(run_cell_in_worker, grid, root)
+
+        def run_stage(cells: list[Cell]) -> Iterator[tuple[Cell, str]]:
+            with exit_on_error():
+                return run_on_ray(cells, task, args.ray or None, args.cpus_per_cell, gpus)
+    else:
+
+        def run_stage(cells: list[Cell]) -> Iterator[tuple[Cell, str]]:
+            return ((cell, run_cell(grid, cell, root)) for cell in cells)
+
     total = waiting = 0
     for stage in range(grid.stages):
         cells, waiting = stage_cells(stage)
         total += len(cells)
-        if args.ray is not None:
-            from .cluster import run_on_ray  # Ray is an optional extra
-
-            gpus = args.gpus_per_cell if args.gpus_per_cell is not None else 0 if grid.training.get("use_cpu") else 1
-            with exit_on_error():
-                finished = run_on_ray(
-                    cells, functools.partial(run_cell_in_worker, grid, root), args.ray or None, args.cpus_per_cell, gpus
-                )
-        else:
-            finished = ((cell, run_cell(grid, cell, root)) for cell in cells)
+        finished = run_stage(cells)
         description = grid.name + (f" stage {stage + 1}/{grid.stages}" if grid.search else "")
         for cell, outcome in tqdm(finished, desc=description, total=len(cells), unit="cell", disable=not is_main):
             outcomes[outcome] += 1

@@ -47,10 +47,10 @@ def grid_runs(dataset: str) -> list[RunResult]:
 
 def run(dataset: str, output_dir: Path) -> None:
     grid = Grid.from_yaml("cpu-v2")
-    pending = [c for c in grid.planned_cells() if (c.dataset, c.backbone) == (dataset, BACKBONE)]
+    planned = [c for c in grid.planned_cells() if (c.dataset, c.backbone) == (dataset, BACKBONE)]
     finished = grid_runs(dataset)
-    if len(finished) < len(pending):
-        raise SystemExit(f"{dataset}: the grid has {len(finished)} of {len(pending)} runs; finish it first.")
+    if len(finished) < len(planned):
+        raise SystemExit(f"{dataset}: the grid has {len(finished)} of {len(planned)} runs; finish it first.")
     budget = math.floor(sum(r.num_train_epochs for r in finished) / FRACTION)
     flags = grid.flags(Cell(dataset, BACKBONE, "ft", 0), output_dir)
     argv = [f"--{key}={value}" for key, value in flags.items() if key in SHARED]
