@@ -158,7 +158,9 @@ def random_resized_crop_box(
 
 # ---- linear probing on stored features -----------------------------------------------------------------------
 def check_feature_cache(strategy: Strategy, model: torch.nn.Module, augmentation: str) -> None:
-    """Stored features stand in for the backbone only if it never trains and every image is seen unaugmented."""
+    """Stored features stand in for the backbone only if it never trains, every image is seen unaugmented, and
+    nothing in the model is random while training (dropout, stochastic depth): then each image's features are the
+    same at every step, and computing them once is exact."""
     backbone = {name for name, _ in model.named_parameters()} - set(strategy.layout.new)
     head_only_strategy = strategy.only_freezes and all(
         backbone <= strategy.frozen_tensors(epoch) for epoch in range(strategy.num_epochs)
@@ -173,10 +175,32 @@ def check_feature_cache(strategy: Strategy, model: torch.nn.Module, augmentation
             f"--cache_features stores one feature per image, so it cannot augment (--augmentation {augmentation}). "
             "Pass --augmentation none, or drop --cache_features."
         )
+    random_layers = _random_while_training(model.timm_model)
+    if random_layers:
+        raise MedftError(
+            f"--cache_features stores one feature per image, but this model is random while training ({random_layers}"
+            "), so its features change from step to step. Save the model with those rates at 0 (timm's drop_rate, "
+            "drop_path_rate), or drop --cache_features."
+        )
+
+
+def _random_while_training(timm_model: torch.nn.Module) -> str:
+    """The rates that make the model's training forward random, e.g. "drop_rate=0.2, blocks.1.0.drop_path
+    drop_prob=0.1": dropout modules, and the rate attributes timm keeps where it calls dropout or stochastic depth
+    functionally (a model's head, DenseNet's layers). Empty if nothing is random."""
+    found = []
+    for name, module in timm_model.named_modules():
+        rates = {attribute: getattr(module, attribute, 0) for attribute in ("drop_rate", "drop_path_rate", "drop_prob")}
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            rates["p"] = module.p
+        found += [f"{name} {key}={rate}".strip() for key, rate in rates.items() if isinstance(rate, float) and rate > 0]
+    return ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
 
 
 class StoredFeatures(torch.utils.data.Dataset):
-    """Backbone features as the `pixel_values` of a model inside `head_only`."""
+    """What the classifier receives (timm's pre-logits: pooled, one vector per image) as the `pixel_values` of a
+    model inside `head_only`. 4 bytes per feature whatever the image size: 5 KiB an image for EfficientNet's 1280
+    features, where the unpooled feature map of a 224 px image would take 49 times that."""
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor):
         self.features, self.labels = features, labels
@@ -184,8 +208,8 @@ class StoredFeatures(torch.utils.data.Dataset):
     @classmethod
     @torch.inference_mode()
     def compute(cls, model: torch.nn.Module, rows: torch.utils.data.Dataset, batch_size: int) -> StoredFeatures:
-        """timm's `forward_features` of every row, in eval mode (BatchNorm on its running statistics): what a
-        frozen backbone hands the head, computed once instead of once per epoch."""
+        """timm's pre-logits of every row, in eval mode (BatchNorm on its running statistics): what a frozen
+        backbone and pooling hand the classifier, computed once instead of once per epoch."""
         timm_model = model.timm_model
         was_training = timm_model.training
         timm_model.eval()
@@ -193,7 +217,8 @@ class StoredFeatures(torch.utils.data.Dataset):
         features, labels = [], []
         try:
             for batch in torch.utils.data.DataLoader(rows, batch_size=batch_size):
-                features.append(timm_model.forward_features(batch["pixel_values"].to(device)).cpu())
+                feature_map = timm_model.forward_features(batch["pixel_values"].to(device))
+                features.append(timm_model.forward_head(feature_map, pre_logits=True).cpu())
                 labels.append(batch["labels"])
         finally:
             timm_model.train(was_training)
@@ -208,15 +233,21 @@ class StoredFeatures(torch.utils.data.Dataset):
 
 @contextmanager
 def head_only(model: torch.nn.Module) -> Iterator[None]:
-    """Within: the model takes `forward_features` outputs as its input and runs only timm's `forward_head` (pooling,
-    dropout, classifier), exactly the layers a linear probe trains through. The weights are untouched, so a
-    checkpoint saved inside is the whole model."""
+    """Within: the model takes `StoredFeatures` (pre-logits) as its input and runs only the classifier, the one
+    layer a linear probe trains (pooling ran once per image, in `StoredFeatures.compute`). The weights are untouched,
+    so a checkpoint saved inside is the whole model."""
     timm_model = model.timm_model
-    timm_model.forward_features = _identity  # an instance attribute shadows the method until deleted
+    classifier = timm_model.get_classifier()
+
+    def classify(features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return features if pre_logits else classifier(features)
+
+    # Instance attributes shadow the methods until deleted.
+    timm_model.forward_features, timm_model.forward_head = _identity, classify
     try:
         yield
     finally:
-        del timm_model.forward_features
+        del timm_model.forward_features, timm_model.forward_head
 
 
 def _identity(features: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,10 @@ augmentation is seeded per row, and a linear probe on stored features trains exa
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+
 import datasets
 import numpy as np
 import pytest
@@ -12,9 +16,17 @@ from PIL import Image
 from safetensors.torch import load_file
 from test_train import train
 
-from medft_hf.cache import DecodedImages, decode_split, random_resized_crop_box
-from medft_hf.data import ImageClassificationDataset, Preprocessing
+from medft_hf.cache import (
+    DecodedImages,
+    StoredFeatures,
+    decode_split,
+    head_only,
+    image_datasets,
+    random_resized_crop_box,
+)
+from medft_hf.data import ImageClassificationDataset, Preprocessing, load_splits
 from medft_hf.errors import MedftError
+from medft_hf.modeling import load_model
 from medft_hf.results import RunResult
 
 
@@ -105,3 +117,32 @@ def test_cached_features_are_refused_where_they_would_change_training(
     with pytest.raises(MedftError, match=message):
         train(tiny_model, tiny_dataset, tmp_path / "run", *args, "--cache_features")
     assert not (tmp_path / "run").exists()
+
+
+def test_cached_features_are_refused_for_a_model_that_is_random_while_training(tiny_model, tiny_dataset, tmp_path):
+    """Head dropout (functional in timm's EfficientNet: only `drop_rate` shows it) would differ at every step."""
+    with_dropout = tmp_path / "with_dropout"
+    shutil.copytree(tiny_model, with_dropout)
+    config = json.loads((with_dropout / "config.json").read_text())
+    (with_dropout / "config.json").write_text(json.dumps({**config, "model_args": {"drop_rate": 0.2}}))
+    args = ["--strategy", "lp", "--augmentation", "none", "--cache_features"]
+    with pytest.raises(MedftError, match=re.escape("random while training (drop_rate=0.2)")):
+        train(with_dropout, tiny_dataset, tmp_path / "run", *args)
+    assert not (tmp_path / "run").exists()
+
+
+def test_stored_features_are_what_the_classifier_receives(tiny_model, tiny_dataset):
+    splits = load_splits(str(tiny_dataset))
+    model = load_model(str(tiny_model), splits.class_names)
+    preprocessing = Preprocessing.for_model(model.timm_model, 32, "none")
+    train_rows, _, _ = image_datasets(splits, preprocessing, seed=0)
+    stored = StoredFeatures.compute(model, train_rows, batch_size=3)
+    model.eval()
+    batch = torch.utils.data.default_collate([train_rows[i] for i in range(len(train_rows))])
+    with torch.no_grad():
+        logits = model(batch["pixel_values"]).logits
+        with head_only(model):
+            assert stored.features.shape == (len(train_rows), model.timm_model.num_features)
+            torch.testing.assert_close(model(stored.features).logits, logits)
+        torch.testing.assert_close(model(batch["pixel_values"]).logits, logits)  # leaving restores the full model
+    assert torch.equal(stored.labels, batch["labels"])
