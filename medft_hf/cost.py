@@ -70,7 +70,8 @@ def _positive(values: Iterable[Any]) -> bool:
 def split_sizes(num_rows: dict[str, int], flags: dict[str, Any]) -> tuple[int, int, int]:
     """(train, validation, test) images of one cell, from the dataset's split sizes and the cell's train.py flags,
     by `data.load_splits`'s rules: a missing or too small validation split is carved from train, validation is
-    capped by `max_eval_samples`, train by `max_train_samples`; test is whole."""
+    capped by `max_eval_samples`, train by `max_train_samples`; test is whole, or none with `skip_test` (a search
+    rung)."""
     train, validation, test = num_rows["train"], num_rows.get("validation", 0), num_rows.get("test", 0)
     if validation == 0 or validation < flags.get("min_validation_size", 0):
         validation = round(train * flags.get("val_fraction", defaults.VAL_FRACTION))
@@ -78,7 +79,7 @@ def split_sizes(num_rows: dict[str, int], flags: dict[str, Any]) -> tuple[int, i
     return (
         min(train, flags.get("max_train_samples") or train),
         min(validation, flags.get("max_eval_samples") or validation),
-        test,
+        0 if flags.get("skip_test") else test,
     )
 
 

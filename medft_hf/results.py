@@ -145,8 +145,9 @@ def is_finished_run(output_dir: str | Path) -> bool:
 
 
 def ranked_settings(mean_validation: dict[str, float]) -> list[str]:
-    """Settings best first by mean validation score; ties go to the setting named first, and a setting without a
-    score (its runs failed) comes last. The one rule by which the study runner and the report choose."""
+    """Settings best first by mean validation score; ties go to the name that sorts first as text (not to the
+    grid's order), and a setting without a score (its runs failed) comes last. The one rule by which the study
+    runner and the report choose."""
     return sorted(mean_validation, key=lambda name: (math.isnan(mean_validation[name]), -mean_validation[name], name))
 
 

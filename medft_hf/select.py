@@ -103,8 +103,8 @@ def select(args: SelectArguments, flags: dict[str, Any]) -> Selection:
 
     output_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(args.storage or f"sqlite:///{(output_dir / 'search.db').resolve()}")
-    settings = {"flags": base, "strategies": space.strategies, "rungs": space.rungs, "eta": args.reduction_factor,
-                "search_seed": args.search_seed}  # fmt: skip
+    # --search_seed is not a setting of the search: it seeds only the worker that creates it (see open_study).
+    settings = {"flags": base, "strategies": space.strategies, "rungs": space.rungs, "eta": args.reduction_factor}
     study = open_study(storage, settings, space, args.reduction_factor, args.search_seed)
     requeue_interrupted(study)
     _search(study, space, split, base, output_dir)

@@ -201,7 +201,9 @@ class Grid:
     def coinciding_schedules(self) -> list[str]:
         """Strategies of the grid that would train identically (e.g. gu_lf and gu_fl at 2 epochs): comparing them
         would measure nothing but seed noise. Checked on each backbone's architecture, at the grid's epoch count and
-        each strategy's fixed flags (swept flags are not expanded)."""
+        each strategy's fixed flags (swept flags are not expanded). A strategy that cannot run that long, or as long
+        as a search rung (LP-FT needs 2 epochs), is a problem too: its runs would all fail."""
+        rungs = self.searching.rungs if self.search else ()
         problems = []
         for name in self.names("backbones"):
             layout = architecture_layout(self.entry("backbones", name)["model"])
@@ -211,10 +213,15 @@ class Grid:
                 epochs = math.ceil(float(flags.get("num_train_epochs", defaults.NUM_TRAIN_EPOCHS)))
                 config_class = STRATEGIES[strategy].config_class
                 config = config_class(**{f.name: flags[f.name] for f in fields(config_class) if f.name in flags})
-                try:
-                    built[strategy] = build_strategy(strategy, config, layout, epochs)
-                except MedftError as error:
-                    problems.append(f"{strategy} on {name}: {error}")
+                for length in (epochs, *rungs):
+                    try:
+                        built_strategy = build_strategy(strategy, config, layout, length)
+                    except MedftError as error:
+                        at_rung = f" at the search's {length}-epoch rung" if length != epochs else ""
+                        problems.append(f"{strategy} on {name}{at_rung}: {error}")
+                        break
+                    if length == epochs:
+                        built[strategy] = built_strategy
             by_schedule: dict[Any, list[str]] = {}
             for strategy, built_strategy in built.items():
                 signature = built_strategy.schedule_signature()
@@ -259,8 +266,8 @@ class Grid:
             if chosen is None:
                 waiting += 1
                 continue
-            if stage < len(search.rungs):  # a rung: only where there is something to rank
-                seeds, epochs = (search.seeds, search.rungs[stage]) if len(points) > 1 else ((), None)
+            if stage < len(search.rungs):  # a rung: only where there is something left to rank
+                seeds, epochs = (search.seeds, search.rungs[stage]) if len(chosen) > 1 else ((), None)
             elif stage == len(search.rungs):
                 seeds, epochs = search.seeds, None
             else:
@@ -275,7 +282,9 @@ class Grid:
         if search is None:
             return self.cells(filters)
         for group, points in self._sweep_points(filters).items():
-            for epochs in search.rungs if len(points) > 1 else ():
+            for epochs in search.rungs:
+                if len(points) == 1:
+                    break
                 cells += [Cell(*group, seed, point, epochs) for point in points for seed in search.seeds]
                 points = points[: math.ceil(len(points) / search.reduction_factor)]
             cells += [Cell(*group, seed, point) for point in points for seed in search.seeds]
@@ -295,11 +304,12 @@ class Grid:
 
     def _survivors(self, group: tuple[str, str, str], points: list, stage: int, root: Path) -> list | None:
         """The sweep points of `group` that enter `stage`; None while an earlier stage is unfinished. Each earlier
-        stage on the search seeds (the rungs, then the full schedule) keeps its best; the last stage has one."""
+        stage on the search seeds (the rungs, then the full schedule) keeps its best; the last stage has one. A
+        point whose runs failed never goes on: if all failed, nothing does (the failures are in failed.json)."""
         search = self.searching
         for epochs in [*search.rungs, None][:stage]:
             if len(points) == 1:
-                break
+                break  # nothing to rank, nothing to wait for
             scores = {}
             for point in points:
                 folders = [root / Cell(*group, seed, point, epochs).path for seed in search.seeds]
@@ -308,7 +318,7 @@ class Grid:
                 scores[point_name(point)] = _mean_validation(folders)
             keep = 1 if epochs is None else math.ceil(len(points) / search.reduction_factor)
             by_name = {point_name(point): point for point in points}
-            points = [by_name[name] for name in ranked_settings(scores)[:keep]]
+            points = [by_name[name] for name in ranked_settings(scores)[:keep] if not math.isnan(scores[name])]
         return points
 
     def entry(self, kind: str, name: str) -> dict[str, Any]:
@@ -635,7 +645,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = grid.planned_cells(filters)[index::count]
         for cell in cells:
             print(f"{cell.path}\n    train.py {' '.join(grid.argv(cell, root / cell.path))}")
-        print(f"{len(cells)} cells" + (" at most (the search decides which points continue)" if grid.search else ""))
+        print(f"{len(cells)} cells" + (" (the search decides which points continue)" if grid.search else ""))
         try:
             print("\n".join(grid.cost(cells).lines()))
         except MedftError as error:  # a grid without throughput figures still lists its cells

@@ -186,6 +186,41 @@ def test_a_search_is_refused_with_rungs_as_long_as_the_schedule_or_seeds_outside
     assert "search rungs [8] must be shorter than ft's 8 epochs" in str(error.value)
 
 
+def search_grid(tmp_path: Path, search: dict) -> Grid:
+    """cpu-v2 with another `search:` section."""
+    spec = yaml.safe_load(Path(ROOT / "hub_configs/benchmarks/cpu-v2.yaml").read_text())
+    path = tmp_path / "searching.yaml"
+    path.write_text(yaml.safe_dump({**spec, "search": search}))
+    return Grid.from_yaml(path)
+
+
+def test_a_search_is_refused_with_a_rung_too_short_for_a_strategy(tmp_path):
+    with pytest.raises(MedftError, match=r"lpft on efficientnet-lite0-local at the search's 1-epoch rung: .*2 epochs"):
+        search_grid(tmp_path, {"seeds": [0], "rungs": [1, 3]})
+
+
+def test_failed_points_never_go_on_and_a_rung_with_one_point_left_is_skipped(tmp_path):
+    from medft_hf.study import FAILED_FILE
+
+    grid, root = search_grid(tmp_path, {"seeds": [0], "rungs": [2, 3]}), tmp_path / "runs"
+    filters = parse_filters("dataset=breastmnist-local,backbone=efficientnet-lite0-local,strategy=ft")
+    rung = grid.stage_cells(0, root, filters)[0]
+    assert [c.epochs for c in rung] == [2] * 4, "4 learning rates on the 2-epoch rung"
+    for cell in rung:  # the best-scoring rate succeeds, the other three fail
+        if cell.sweep == (("learning_rate", 0.001),):
+            write_result(root, "d", "ft", 0, 1e-3, 0.9, 0.5, folder=root / cell.path)
+        else:
+            (root / cell.path).mkdir(parents=True)
+            (root / cell.path / FAILED_FILE).write_text("{}")
+    assert grid.stage_cells(1, root, filters) == ([], 0), "one point left: nothing to rank on the 3-epoch rung"
+    full = grid.stage_cells(2, root, filters)[0]
+    assert [(c.sweep, c.seed, c.epochs) for c in full] == [((("learning_rate", 0.001),), 0, None)]
+    others = grid.stage_cells(3, root, filters)[0]
+    assert [(c.sweep, c.seed) for c in others] == [(full[0].sweep, 1), (full[0].sweep, 2)], "nothing left to wait for"
+    planned = [(c.seed, c.epochs) for c in grid.planned_cells(filters)]
+    assert planned == [(0, 2)] * 4 + [(0, 3)] * 2 + [(0, None), (1, None), (2, None)], "before anything ran: 4, 2, 1"
+
+
 def test_a_cell_held_by_a_live_worker_is_not_run_twice_and_a_dead_workers_lock_is_taken_over(tmp_path):
     import socket
 
@@ -298,6 +333,7 @@ def test_paper_carves_the_tiny_xray_validation_split_and_its_dry_run_states_cost
     assert split_sizes(xray["num_rows"], flags) == (4694, 522, 624), "10% of train carved, 16 images unused"
     pcam = paper.entry("datasets", "patch-camelyon-hf")["num_rows"]
     assert split_sizes(pcam, {**flags, "max_train_samples": 20000}) == (20000, 4096, 32768), "test stays whole"
+    assert split_sizes(pcam, {**flags, "skip_test": True})[2] == 0, "a search rung evaluates no test split"
 
     main(["paper", "--dry-run"])
     output = capsys.readouterr().out
