@@ -275,21 +275,22 @@ class Grid:
             cells += [Cell(*group, seed, point, epochs) for point in chosen for seed in seeds]
         return _admitted(cells, filters), waiting
 
-    def planned_cells(self, filters: dict[str, set[str]] | None = None) -> list[Cell]:
-        """Every cell the grid runs; with a search, the first sweep points stand in for those it will keep: the
-        right count and cost, before anything has run."""
-        search, cells = self.searching, []
+    def planned_cells(self, filters: dict[str, set[str]] | None = None) -> list[list[Cell]]:
+        """Every cell the grid runs, stage by stage; with a search, the first sweep points stand in for those it will
+        keep: the right count and cost, before anything has run."""
+        search = self.searching
         if search is None:
-            return self.cells(filters)
+            return [self.cells(filters)]
+        stages: list[list[Cell]] = [[] for _ in range(search.stages)]
         for group, points in self._sweep_points(filters).items():
-            for epochs in search.rungs:
+            for stage, epochs in enumerate(search.rungs):
                 if len(points) == 1:
                     break
-                cells += [Cell(*group, seed, point, epochs) for point in points for seed in search.seeds]
+                stages[stage] += [Cell(*group, seed, point, epochs) for point in points for seed in search.seeds]
                 points = points[: math.ceil(len(points) / search.reduction_factor)]
-            cells += [Cell(*group, seed, point) for point in points for seed in search.seeds]
-            cells += [Cell(*group, seed, points[0]) for seed in self.seeds if seed not in search.seeds]
-        return _admitted(cells, filters or {})
+            stages[-2] += [Cell(*group, seed, point) for point in points for seed in search.seeds]
+            stages[-1] += [Cell(*group, seed, points[0]) for seed in self.seeds if seed not in search.seeds]
+        return [_admitted(cells, filters or {}) for cells in stages]
 
     def _sweep_points(self, filters: dict[str, set[str]] | None) -> dict[tuple[str, str, str], list]:
         """Each dataset × backbone × strategy the filters admit, with all its sweep points (a search ranks them all,
@@ -642,7 +643,7 @@ def main(argv: list[str] | None = None) -> None:
               + (f"; {states['waiting']} strategy stages wait for an earlier one" if grid.search else ""))  # fmt: skip
         return
     if args.dry_run:
-        cells = grid.planned_cells(filters)[index::count]
+        cells = [cell for stage in grid.planned_cells(filters) for cell in stage[index::count]]  # as a run shards
         for cell in cells:
             print(f"{cell.path}\n    train.py {' '.join(grid.argv(cell, root / cell.path))}")
         print(f"{len(cells)} cells" + (" (the search decides which points continue)" if grid.search else ""))

@@ -23,7 +23,7 @@ import torch
 import transformers
 from transformers import TrainerCallback
 
-from medft_hf.cache import StoredFeatures, head_only, image_datasets
+from medft_hf.cache import StoredFeatures, check_feature_cache, head_only, image_datasets
 from medft_hf.data import Preprocessing, load_splits
 from medft_hf.metrics import metrics_for_trainer
 from medft_hf.modeling import BlockLayout, load_model
@@ -89,7 +89,8 @@ class Bench:
             seed=0,
         )
         started = time.perf_counter()
-        if pipeline == "features":  # as train.py: on the device the Trainer will use
+        if pipeline == "features":  # as train.py: checked, then on the device the Trainer will use
+            check_feature_cache(built, model, augmentation)
             model.to(args.device)
             train = StoredFeatures.compute(model, train, args.per_device_eval_batch_size)
             validation = StoredFeatures.compute(model, validation, args.per_device_eval_batch_size)

@@ -47,7 +47,7 @@ def grid_runs(dataset: str) -> list[RunResult]:
 
 def run(dataset: str, output_dir: Path) -> None:
     grid = Grid.from_yaml("cpu-v2")
-    planned = [c for c in grid.planned_cells() if (c.dataset, c.backbone) == (dataset, BACKBONE)]
+    planned = [c for stage in grid.planned_cells() for c in stage if (c.dataset, c.backbone) == (dataset, BACKBONE)]
     finished = grid_runs(dataset)
     if len(finished) < len(planned):
         raise SystemExit(f"{dataset}: the grid has {len(finished)} of {len(planned)} runs; finish it first.")

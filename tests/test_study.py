@@ -217,8 +217,19 @@ def test_failed_points_never_go_on_and_a_rung_with_one_point_left_is_skipped(tmp
     assert [(c.sweep, c.seed, c.epochs) for c in full] == [((("learning_rate", 0.001),), 0, None)]
     others = grid.stage_cells(3, root, filters)[0]
     assert [(c.sweep, c.seed) for c in others] == [(full[0].sweep, 1), (full[0].sweep, 2)], "nothing left to wait for"
-    planned = [(c.seed, c.epochs) for c in grid.planned_cells(filters)]
-    assert planned == [(0, 2)] * 4 + [(0, 3)] * 2 + [(0, None), (1, None), (2, None)], "before anything ran: 4, 2, 1"
+    planned = [[(c.seed, c.epochs) for c in stage] for stage in grid.planned_cells(filters)]
+    assert planned == [[(0, 2)] * 4, [(0, 3)] * 2, [(0, None)], [(1, None), (2, None)]], "before anything ran: 4, 2, 1"
+
+
+def test_a_dry_run_shard_lists_the_cells_that_shard_runs_stage_by_stage(tmp_path, capsys):
+    from medft_hf.study import main
+
+    selection = "dataset=breastmnist-local,backbone=efficientnet-lite0-local,strategy=ft|l2sp"
+    main(["cpu-v2", "--output_dir", str(tmp_path), "--dry-run", "--shard", "1/2", "--filter", selection])
+    listed = [line for line in capsys.readouterr().out.splitlines() if re.fullmatch(r"\S+/seed\d", line)]
+    rung = Grid.from_yaml("cpu-v2").stage_cells(0, tmp_path, parse_filters(selection))[0]
+    assert listed[: len(rung[1::2])] == [str(cell.path) for cell in rung[1::2]], "the first stage as a run shards it"
+    assert len(listed) == 6 + 2 + 2, "half of: 12 rung cells, 5 full runs on seed 0 (2 + 3), 4 on the other seeds"
 
 
 def test_a_cell_held_by_a_live_worker_is_not_run_twice_and_a_dead_workers_lock_is_taken_over(tmp_path):
