@@ -26,7 +26,7 @@ from medft_hf.report import collect, select_on_validation, summary
 from medft_hf.results import RESULTS_FILE, RunResult
 from medft_hf.select import main as select_main
 from medft_hf.selection.ranking import RANKING_JSON, RANKING_MD
-from medft_hf.study import Cell, Grid
+from medft_hf.study import Cell, Grid, cell_status, parse_filters
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID_RUNS = ROOT / "docs/results/cpu-v2/runs"
@@ -47,10 +47,13 @@ def grid_runs(dataset: str) -> list[RunResult]:
 
 def run(dataset: str, output_dir: Path) -> None:
     grid = Grid.from_yaml("cpu-v2")
-    planned = [c for stage in grid.planned_cells() for c in stage if (c.dataset, c.backbone) == (dataset, BACKBONE)]
+    filters = parse_filters(f"dataset={dataset},backbone={BACKBONE}")
+    for stage in range(grid.stages):
+        cells, waiting = grid.stage_cells(stage, GRID_RUNS, filters)
+        unfinished = sum(cell_status(GRID_RUNS, cell) not in ("done", "failed") for cell in cells)
+        if unfinished or waiting:
+            raise SystemExit(f"{dataset}: the grid's stage {stage + 1} is not finished there; finish the grid first.")
     finished = grid_runs(dataset)
-    if len(finished) < len(planned):
-        raise SystemExit(f"{dataset}: the grid has {len(finished)} of {len(planned)} runs; finish it first.")
     budget = math.floor(sum(r.num_train_epochs for r in finished) / FRACTION)
     flags = grid.flags(Cell(dataset, BACKBONE, "ft", 0), output_dir)
     argv = [f"--{key}={value}" for key, value in flags.items() if key in SHARED]
