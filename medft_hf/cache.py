@@ -209,7 +209,12 @@ class StoredFeatures(torch.utils.data.Dataset):
     @torch.inference_mode()
     def compute(cls, model: torch.nn.Module, rows: torch.utils.data.Dataset, batch_size: int) -> StoredFeatures:
         """timm's pre-logits of every row, in eval mode (BatchNorm on its running statistics): what a frozen
-        backbone and pooling hand the classifier, computed once instead of once per epoch."""
+        backbone and pooling hand the classifier, computed once instead of once per epoch.
+
+        The images go in channels-last: 0.7x the time of contiguous input on 2 CPU threads (EfficientNet-Lite0 and
+        DenseNet-121, 64 px) and 0.76-0.90x on an H100 at 224 px; only DenseNet-121 at 64 px on the H100 was slower
+        (1.12x of 0.2 s for 2,048 images). The features are pooled vectors, so nothing downstream sees the layout.
+        """
         timm_model = model.timm_model
         was_training = timm_model.training
         timm_model.eval()
@@ -217,7 +222,8 @@ class StoredFeatures(torch.utils.data.Dataset):
         features, labels = [], []
         try:
             for batch in torch.utils.data.DataLoader(rows, batch_size=batch_size):
-                feature_map = timm_model.forward_features(batch["pixel_values"].to(device))
+                pixels = batch["pixel_values"].to(device, memory_format=torch.channels_last)
+                feature_map = timm_model.forward_features(pixels)
                 features.append(timm_model.forward_head(feature_map, pre_logits=True).cpu())
                 labels.append(batch["labels"])
         finally:

@@ -8,6 +8,7 @@ model (`self.model`): a compiled or DDP-wrapped model renames parameters (`_orig
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,16 @@ class StrategyTrainer(Trainer):
     def save_strategy_state(self, checkpoint: str | Path) -> None:
         state = {"strategy_state": self.strategy.state_dict(), "trainable_per_epoch": self.trainable_per_epoch}
         write_checkpoint_state(checkpoint, self.run_identity, state)
+
+    def floating_point_ops(self, inputs: dict) -> int:
+        """The Trainer's estimate (6 x input elements x parameters) with the parameters counted once: the Trainer
+        counts them on every step by walking every module, a tenth of a step that trains a head on stored
+        features."""
+        return 6 * inputs[self.model.main_input_name].numel() * self._parameter_count
+
+    @functools.cached_property
+    def _parameter_count(self) -> int:
+        return self.model.num_parameters(exclude_embeddings=True)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """The Trainer's optimizer class and settings (--optim, betas, eps), over the strategy's groups.

@@ -11,7 +11,8 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import CLASS_NAMES, make_images
+import transformers
+from conftest import CLASS_NAMES, make_images, make_trainer
 from PIL import Image
 from safetensors.torch import load_file
 from test_train import train
@@ -146,3 +147,12 @@ def test_stored_features_are_what_the_classifier_receives(tiny_model, tiny_datas
             torch.testing.assert_close(model(stored.features).logits, logits)
         torch.testing.assert_close(model(batch["pixel_values"]).logits, logits)  # leaving restores the full model
     assert torch.equal(stored.labels, batch["labels"])
+
+
+def test_the_trainers_flops_estimate_is_transformers_own(tiny_model, tiny_dataset, tmp_path):
+    """The parameter count is cached (the Trainer walks every module for it on every step); the figure is not."""
+    trainer, _ = make_trainer("lp", tiny_model, tiny_dataset, tmp_path)
+    inputs = {"pixel_values": torch.zeros(4, 3, 32, 32), "labels": torch.zeros(4, dtype=torch.long)}
+    expected = transformers.Trainer.floating_point_ops(trainer, inputs)
+    assert expected > 0
+    assert trainer.floating_point_ops(inputs) == trainer.floating_point_ops(inputs) == expected
