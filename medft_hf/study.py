@@ -109,9 +109,12 @@ class Search:
             tuple(spec.get("seeds", cls.seeds)), tuple(sorted(spec.get("rungs", ()))),
             int(spec.get("reduction_factor", cls.reduction_factor)),
         )  # fmt: skip
-        if not search.seeds or search.reduction_factor < 2 or any(int(e) != e or e < 1 for e in search.rungs):
+        whole_epochs = all(int(e) == e and e >= 1 for e in search.rungs)
+        distinct = len(set(search.seeds)) == len(search.seeds) and len(set(search.rungs)) == len(search.rungs)
+        if not search.seeds or search.reduction_factor < 2 or not whole_epochs or not distinct:
             raise MedftError(
-                f"search: needs at least one seed, reduction_factor >= 2 and rungs of whole epochs >= 1 (got {spec})."
+                "search: needs at least one seed, reduction_factor >= 2 and rungs of whole epochs >= 1, seeds and "
+                f"rungs each listed once (got {spec})."
             )
         return search
 

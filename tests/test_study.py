@@ -194,6 +194,13 @@ def search_grid(tmp_path: Path, search: dict) -> Grid:
     return Grid.from_yaml(path)
 
 
+@pytest.mark.parametrize("search", [{"rungs": [3, 3]}, {"seeds": [0, 0], "rungs": [3]}, {"rungs": [0]}])
+def test_a_search_is_refused_with_a_rung_or_seed_twice_or_a_rung_of_no_epoch(tmp_path, search):
+    """A repeated rung would train the same cells twice and halve the survivors twice for nothing."""
+    with pytest.raises(MedftError, match="seeds and rungs each listed once"):
+        search_grid(tmp_path, search)
+
+
 def test_a_search_is_refused_with_a_rung_too_short_for_a_strategy(tmp_path):
     with pytest.raises(MedftError, match=r"lpft on efficientnet-lite0-local at the search's 1-epoch rung: .*2 epochs"):
         search_grid(tmp_path, {"seeds": [0], "rungs": [1, 3]})
