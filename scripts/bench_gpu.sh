@@ -20,12 +20,12 @@ from timm.models import save_for_hf
 for name in ("vgg19", "resnet50", "densenet121"):
     save_for_hf(timm.create_model(name, pretrained=False), f"{sys.argv[1]}/{name}", safe_serialization=True)
 PY
-common=(--dataset "$dataset" --image_size 224 --batch_size 32 --bf16 --max_train_samples 1200 --epochs 2 --repeats 3)
+common=(--dataset "$dataset" --image_size 224 --batch_size 32 --bf16 --max_train_samples 1200 --epochs 2)
 for name in vgg19 resnet50 densenet121; do
     "$python" scripts/bench_speed.py --model "$models/$name" "${common[@]}" --throughput_only --repeats 2 \
         --json "$output/throughput-$name.json" "$@" 2>&1 | tee -a "$output/throughput.txt"
 done
 for name in resnet50 densenet121; do
-    "$python" scripts/bench_speed.py --model "$models/$name" "${common[@]}" --strategies ft,lp \
+    "$python" scripts/bench_speed.py --model "$models/$name" "${common[@]}" --strategies ft,lp --repeats 3 \
         --json "$output/bench-$name.json" "$@" 2>&1 | tee "$output/bench-$name.txt"
 done
