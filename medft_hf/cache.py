@@ -211,9 +211,9 @@ class StoredFeatures(torch.utils.data.Dataset):
         """timm's pre-logits of every row, in eval mode (BatchNorm on its running statistics): what a frozen
         backbone and pooling hand the classifier, computed once instead of once per epoch.
 
-        The images go in channels-last: 0.7x the time of contiguous input on 2 CPU threads (EfficientNet-Lite0 and
-        DenseNet-121, 64 px) and 0.76-0.90x on an H100 at 224 px; only DenseNet-121 at 64 px on the H100 was slower
-        (1.12x of 0.2 s for 2,048 images). The features are pooled vectors, so nothing downstream sees the layout.
+        The images go in channels-last: 0.57-0.75x the time of contiguous input on 2 CPU threads (EfficientNet-Lite0
+        and DenseNet-121 at 64 px, medians per batch size), 0.76-0.90x on an H100 at 224 px, the same there at 64 px
+        (docs/performance.md). The features are pooled vectors, so nothing downstream sees the layout.
         """
         timm_model = model.timm_model
         was_training = timm_model.training
