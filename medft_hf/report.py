@@ -324,21 +324,33 @@ def figures(root: Path, selected: pd.DataFrame, table: pd.DataFrame, metric: str
     plt.close(fig)
     made.append("training_curves.png")
 
-    for run in first_case.itertuples():  # what a strategy reports per epoch about itself (e.g. Auto-RGN's factors)
-        series = STRATEGIES[run.strategy].state_series(RunResult.load(root / run.run).strategy_state)
-        if not series:
+    # What a strategy reports per epoch about itself (e.g. Auto-RGN's factors): one panel per case, its first run.
+    first_per_case = selected.sort_values([*CASE, "seed"]).groupby([*CASE, "strategy"]).head(1)
+    for strategy, runs in first_per_case.groupby("strategy"):
+        panels = [
+            (run, series)
+            for run in runs.itertuples()
+            if (series := STRATEGIES[strategy].state_series(RunResult.load(root / run.run).strategy_state))
+        ]
+        if not panels:
             continue
-        grid = np.array(list(series.values()))
-        fig, ax = plt.subplots(figsize=(1.5 + 0.8 * grid.shape[1], 1 + 0.35 * grid.shape[0]))
-        image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-        ax.set_yticks(range(grid.shape[0]), list(series))
-        ax.set_xticks(range(grid.shape[1]), [str(e + 1) for e in range(grid.shape[1])])
-        ax.set(xlabel="epoch", title=f"{run.strategy}: per-epoch factors\n{run.dataset} / {run.backbone}")
-        fig.colorbar(image, ax=ax, label="factor")
-        fig.tight_layout()
-        fig.savefig(out / f"{run.strategy}_factors.png", dpi=120)
+        heights = [1 + 0.3 * len(series) for _, series in panels]
+        width = 2.5 + 0.8 * max(len(next(iter(series.values()))) for _, series in panels)
+        fig, axes = plt.subplots(
+            len(panels), 1, figsize=(width, sum(heights)), height_ratios=heights, squeeze=False, layout="constrained"
+        )
+        for ax, (run, series) in zip(axes[:, 0], panels, strict=True):
+            grid = np.array(list(series.values()))
+            image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            ax.set_yticks(range(grid.shape[0]), list(series), fontsize=8)
+            ax.set_xticks(range(grid.shape[1]), [str(e + 1) for e in range(grid.shape[1])])
+            ax.set_title(f"{run.dataset} / {run.backbone}, seed {run.seed}", fontsize=9)
+        axes[-1, 0].set_xlabel("epoch")
+        fig.suptitle(f"{strategy}: per-epoch factors")
+        fig.colorbar(image, ax=axes[:, 0].tolist(), label="factor")
+        fig.savefig(out / f"{strategy}_factors.png", dpi=120)
         plt.close(fig)
-        made.append(f"{run.strategy}_factors.png")
+        made.append(f"{strategy}_factors.png")
     return made
 
 
