@@ -240,20 +240,37 @@ class StoredFeatures(torch.utils.data.Dataset):
 @contextmanager
 def head_only(model: torch.nn.Module) -> Iterator[None]:
     """Within: the model takes `StoredFeatures` (pre-logits) as its input and runs only the classifier, the one
-    layer a linear probe trains (pooling ran once per image, in `StoredFeatures.compute`). The weights are untouched,
-    so a checkpoint saved inside is the whole model."""
+    layer a linear probe trains (pooling ran once per image, in `StoredFeatures.compute`).
+
+    The timm model's other children (the frozen backbone) also leave the module tree: the Trainer walks every module
+    and parameter on each step (`model.train()`, gradient clipping, `zero_grad`), which costs more than a step that
+    trains a few thousand weights, and a checkpoint saved inside holds the head alone, since the backbone is the base
+    model's, unchanged (a resume rebuilds it from `--model`, which the resume identity pins). Leaving restores the
+    whole model; no weight is touched.
+    """
     timm_model = model.timm_model
     classifier = timm_model.get_classifier()
+    head = {id(parameter) for parameter in classifier.parameters()}
+    children = dict(timm_model._modules)
+    kept = {
+        name: child
+        for name, child in children.items()
+        if child is not None and any(id(parameter) in head for parameter in child.parameters())
+    }
 
     def classify(features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return features if pre_logits else classifier(features)
 
     # Instance attributes shadow the methods until deleted.
     timm_model.forward_features, timm_model.forward_head = _identity, classify
+    timm_model._modules.clear()
+    timm_model._modules.update(kept)
     try:
         yield
     finally:
         del timm_model.forward_features, timm_model.forward_head
+        timm_model._modules.clear()
+        timm_model._modules.update(children)
 
 
 def _identity(features: torch.Tensor) -> torch.Tensor:

@@ -156,3 +156,21 @@ def test_the_trainers_flops_estimate_is_transformers_own(tiny_model, tiny_datase
     expected = transformers.Trainer.floating_point_ops(trainer, inputs)
     assert expected > 0
     assert trainer.floating_point_ops(inputs) == trainer.floating_point_ops(inputs) == expected
+
+
+def test_cached_feature_lp_checkpoints_hold_the_head_and_resume_bit_identically(tiny_model, tiny_dataset, tmp_path):
+    """Inside `head_only` the backbone is out of the module tree, so checkpoints hold the head alone; a resume
+    rebuilds the backbone from --model and ends exactly where the uninterrupted run did."""
+    common = ["--strategy", "lp", "--augmentation", "none", "--cache_features", "--num_train_epochs", "3"]
+    common += ["--bootstrap_resamples", "0", "--save_total_limit", "3", "--load_best_model_at_end", "false"]
+    full = train(tiny_model, tiny_dataset, tmp_path / "full", *common)
+    checkpoint = tmp_path / "full" / "checkpoint-3"  # the end of epoch 1: 48 images in batches of 16
+    assert set(load_file(checkpoint / "model.safetensors")) == {"classifier.weight", "classifier.bias"}
+    shutil.copytree(checkpoint, tmp_path / "resumed" / checkpoint.name)
+    resumed = train(tiny_model, tiny_dataset, tmp_path / "resumed", *common, "--resume_from_checkpoint", "true")
+    weights = [load_file(tmp_path / name / "model.safetensors") for name in ("full", "resumed")]
+    assert weights[0].keys() == weights[1].keys() and len(weights[0]) > 2, "the saved model is the whole model"
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+    assert resumed.history == full.history
+    assert resumed.test == full.test
