@@ -157,7 +157,9 @@ def random_resized_crop_box(
 
 
 # ---- linear probing on stored features -----------------------------------------------------------------------
-def check_feature_cache(strategy: Strategy, model: torch.nn.Module, augmentation: str) -> None:
+def check_feature_cache(
+    strategy: Strategy, model: torch.nn.Module, augmentation: str, activation_checkpointing: bool = False
+) -> None:
     """Stored features stand in for the backbone only if it never trains, every image is seen unaugmented, and
     nothing in the model is random while training (dropout, stochastic depth): then each image's features are the
     same at every step, and computing them once is exact."""
@@ -174,6 +176,11 @@ def check_feature_cache(strategy: Strategy, model: torch.nn.Module, augmentation
         raise MedftError(
             f"--cache_features stores one feature per image, so it cannot augment (--augmentation {augmentation}). "
             "Pass --augmentation none, or drop --cache_features."
+        )
+    if activation_checkpointing:
+        raise MedftError(
+            "--cache_features: the backbone never runs while the head trains on stored features, so there is nothing "
+            "for --activation_checkpointing (--gradient_checkpointing) to save. Drop that flag."
         )
     random_layers = _random_while_training(model.timm_model)
     if random_layers:
@@ -246,7 +253,8 @@ def head_only(model: torch.nn.Module) -> Iterator[None]:
     and parameter on each step (`model.train()`, gradient clipping, `zero_grad`), which costs more than a step that
     trains a few thousand weights, and a checkpoint saved inside holds the head alone, since the backbone is the base
     model's, unchanged (a resume rebuilds it from `--model`, which the resume identity pins). Leaving restores the
-    whole model; no weight is touched.
+    whole model, its backbone frozen (`requires_grad` off, as the strategy would have set it had it seen it); no
+    weight is touched.
     """
     timm_model = model.timm_model
     classifier = timm_model.get_classifier()
@@ -257,6 +265,9 @@ def head_only(model: torch.nn.Module) -> Iterator[None]:
         for name, child in children.items()
         if child is not None and any(id(parameter) in head for parameter in child.parameters())
     }
+    for name, child in children.items():
+        if name not in kept and child is not None:
+            child.requires_grad_(False)
 
     def classify(features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return features if pre_logits else classifier(features)

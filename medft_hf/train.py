@@ -365,7 +365,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             " and ".join(alike),
         )
     if data_args.cache_features:
-        check_feature_cache(strategy, model, data_args.augmentation)
+        check_feature_cache(strategy, model, data_args.augmentation, training_args.activation_checkpointing)
     model = strategy.prepare_model(model)
     train_set, validation_set, test_set = image_datasets(
         splits, preprocessing, training_args.seed, data_args.cache_images, num_proc=training_args.dataloader_num_workers

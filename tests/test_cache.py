@@ -110,6 +110,7 @@ def test_cached_feature_lp_trains_exactly_what_an_uncached_lp_trains(tiny_model,
     [
         (["--strategy", "ft", "--augmentation", "none"], "--strategy ft trains more than the new head"),
         (["--strategy", "lp"], "cannot augment \\(--augmentation light\\)"),
+        (["--strategy", "lp", "--augmentation", "none", "--gradient_checkpointing"], "nothing for --activation_chec"),
     ],
 )
 def test_cached_features_are_refused_where_they_would_change_training(
@@ -174,3 +175,18 @@ def test_cached_feature_lp_checkpoints_hold_the_head_and_resume_bit_identically(
         assert torch.equal(tensor, weights[1][name]), name
     assert resumed.history == full.history
     assert resumed.test == full.test
+
+
+def test_head_only_shows_the_trainer_the_head_and_leaves_the_backbone_frozen(tiny_model):
+    """The strategy freezes what it sees at each epoch; inside `head_only` it sees the head alone, so the context
+    itself must leave the backbone frozen, as an uncached LP ends."""
+    model = load_model(str(tiny_model), CLASS_NAMES)
+    whole = [name for name, _ in model.named_parameters()]
+    with head_only(model):
+        assert [name for name, _ in model.named_parameters()] == [
+            "timm_model.classifier.weight",
+            "timm_model.classifier.bias",
+        ]
+    assert [name for name, _ in model.named_parameters()] == whole, "the whole model is back, in its order"
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert trainable == {"timm_model.classifier.weight", "timm_model.classifier.bias"}
