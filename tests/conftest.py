@@ -20,7 +20,8 @@ from PIL import Image
 from timm.models import save_for_hf
 from transformers import TrainerCallback
 
-from medft_hf.data import ImageClassificationDataset, Preprocessing, load_splits
+from medft_hf.cache import image_datasets
+from medft_hf.data import Preprocessing, load_splits
 from medft_hf.modeling import BlockLayout, load_model
 from medft_hf.strategies import STRATEGIES, build_strategy
 from medft_hf.train import MedftTrainingArguments
@@ -102,13 +103,16 @@ def make_trainer(
     output_dir: Path,
     epochs: int = 2,
     image_size: int = 32,
+    cached: bool = False,
     **flags,
 ) -> tuple[StrategyTrainer, Snapshots]:
-    """A StrategyTrainer built with the library's own pieces, exactly as train.py builds it."""
+    """A StrategyTrainer built with the library's own pieces, exactly as train.py builds it: training rows through
+    the PIL pipeline (decoded and augmented on every read), or read from the decoded-image cache (`cached`, the
+    default of train.py)."""
     transformers.set_seed(0)
     splits = load_splits(str(dataset_dir), seed=0)
     model = load_model(str(model_dir), splits.class_names)
-    train_tf, _ = Preprocessing.for_model(model.timm_model, image_size).pil_transforms()
+    preprocessing = Preprocessing.for_model(model.timm_model, image_size)
     settings = {
         "output_dir": str(output_dir),
         "num_train_epochs": epochs,
@@ -127,7 +131,7 @@ def make_trainer(
     trainer = StrategyTrainer(
         model=model,
         args=args,
-        train_dataset=ImageClassificationDataset(splits.train, "image", "label", train_tf, "train", seed=0),
+        train_dataset=image_datasets(splits, preprocessing, seed=0, cached=cached)[0],
         strategy=built,
     )
     snapshots = Snapshots(model)

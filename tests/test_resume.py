@@ -23,15 +23,20 @@ from medft_hf.errors import MedftError
 FLAGS = {"lpft": {"lp_epochs": 1}, "gu_lf": {"unfreeze_every": 1.0}, "gu_fl": {"unfreeze_every": 1.0}}
 CASES = [(name, 4) for name in ("ft", "lp", "lpft", "gu_lf", "gu_fl", "l1sp", "l2sp", "auto_rgn")]
 CASES += [("auto_rgn", 3), ("lpft", 3), ("gu_lf", 6)]  # at epoch boundaries
+STRATEGY_NAMES = sorted({name for name, _ in CASES})
 
 
 def losses(trainer, after_step: int) -> list[tuple[int, float]]:
     return [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e and e["step"] > after_step]
 
 
-@pytest.mark.parametrize(("strategy", "stop"), CASES)
-def test_resume_continues_bit_identically(strategy, stop, tiny_model, tiny_dataset, tmp_path):
-    settings = {"epochs": 3, "save_strategy": "steps", "save_steps": stop, "save_total_limit": None}
+@pytest.mark.parametrize(
+    ("strategy", "stop", "cached"),
+    [(*case, False) for case in CASES] + [(name, 4, True) for name in STRATEGY_NAMES],
+)
+def test_resume_continues_bit_identically(strategy, stop, cached, tiny_model, tiny_dataset, tmp_path):
+    """Through the PIL pipeline and through the decoded-image cache (train.py's default)."""
+    settings = {"epochs": 3, "save_strategy": "steps", "save_steps": stop, "save_total_limit": None, "cached": cached}
     settings.update(logging_strategy="steps", logging_steps=1)
     settings.update(FLAGS.get(strategy, {}))
     full, _ = make_trainer(strategy, tiny_model, tiny_dataset, tmp_path / "full", **settings)
@@ -48,6 +53,19 @@ def test_resume_continues_bit_identically(strategy, stop, tiny_model, tiny_datas
     assert losses(resumed, stop) == losses(full, stop)
     assert len(losses(full, stop)) == 9 - stop
     assert resumed.trainable_per_epoch == full.trainable_per_epoch
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
+def test_two_runs_with_one_seed_on_the_decoded_cache_are_bit_identical(strategy, tiny_model, tiny_dataset, tmp_path):
+    settings = {"epochs": 2, "cached": True, **FLAGS.get(strategy, {})}
+    first, _ = make_trainer(strategy, tiny_model, tiny_dataset, tmp_path / "first", **settings)
+    first.train()
+    second, _ = make_trainer(strategy, tiny_model, tiny_dataset, tmp_path / "second", **settings)
+    second.train()
+    weights = second.model.state_dict()
+    for name, tensor in first.model.state_dict().items():
+        assert torch.equal(tensor, weights[name]), f"{name} differs between two runs with one seed"
+    assert first.state.log_history[-1]["train_loss"] == second.state.log_history[-1]["train_loss"]
 
 
 def test_l2sp_anchor_after_resume_is_the_pretrained_weights(tiny_model, tiny_dataset, tmp_path):
