@@ -52,9 +52,9 @@ class StrategyTrainer(Trainer):
         write_checkpoint_state(checkpoint, self.run_identity, state)
 
     def floating_point_ops(self, inputs: dict) -> int:
-        """The Trainer's estimate (6 x input elements x parameters) with the parameters counted once: the Trainer
-        counts them on every step by walking every module, a tenth of a step that trains a head on stored
-        features."""
+        """The Trainer's estimate (6 x input elements x parameters) with the parameters counted once (the Trainer
+        walks every module for them on every step). Counted at the first step: inside `cache.head_only`, the head's,
+        as the Trainer's own estimate would count there."""
         return 6 * inputs[self.model.main_input_name].numel() * self._parameter_count
 
     @functools.cached_property

@@ -110,7 +110,10 @@ def test_cached_feature_lp_trains_exactly_what_an_uncached_lp_trains(tiny_model,
     [
         (["--strategy", "ft", "--augmentation", "none"], "--strategy ft trains more than the new head"),
         (["--strategy", "lp"], "cannot augment \\(--augmentation light\\)"),
-        (["--strategy", "lp", "--augmentation", "none", "--gradient_checkpointing"], "nothing for --activation_chec"),
+        (
+            ["--strategy", "lp", "--augmentation", "none", "--gradient_checkpointing"],
+            "nothing for --activation_checkpointing",
+        ),
     ],
 )
 def test_cached_features_are_refused_where_they_would_change_training(
