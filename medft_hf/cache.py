@@ -1,4 +1,5 @@
-"""The fast paths: images decoded once and augmented as uint8 tensors; for a linear probe, backbone features once.
+"""The fast paths: images decoded once and augmented as uint8 tensors; for epochs that train the head alone,
+backbone features once.
 
 Decoding (JPEG/PNG, RGB conversion, resizing) costs more than a small CNN's training step on a CPU and starves a
 GPU. `decode_split` does it once per image into an Arrow file that `datasets` keys by the split's fingerprint and
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import datasets
@@ -156,31 +157,51 @@ def random_resized_crop_box(
     return 0, 0, height, width
 
 
-# ---- linear probing on stored features -----------------------------------------------------------------------
-def check_feature_cache(
-    strategy: Strategy, model: torch.nn.Module, augmentation: str, activation_checkpointing: bool = False
-) -> None:
-    """Stored features stand in for the backbone only if it never trains, every image is seen unaugmented, and
-    nothing in the model is random while training (dropout, stochastic depth): then each image's features are the
-    same at every step, and computing them once is exact."""
+# ---- the head alone on stored features ----------------------------------------------------------------------
+def feature_epochs(strategy: Strategy, model: torch.nn.Module) -> int:
+    """How many epochs, from the first, train the new head alone (every epoch for `lp`, the LP phase of `lpft`,
+    gradual unfreezing's first stage): those can train on stored features. `model` as the strategy prepared it,
+    so anything it adds (adapters) counts as trained."""
     backbone = {name for name, _ in model.named_parameters()} - set(strategy.layout.new)
-    head_only_strategy = strategy.only_freezes and all(
-        backbone <= strategy.frozen_tensors(epoch) for epoch in range(strategy.num_epochs)
+    return next(
+        (epoch for epoch in range(strategy.num_epochs) if not backbone <= strategy.frozen_tensors(epoch)),
+        strategy.num_epochs,
     )
-    if not head_only_strategy:
+
+
+def check_feature_cache(
+    strategy: Strategy,
+    model: torch.nn.Module,
+    augmentation: str,
+    activation_checkpointing: bool = False,
+    persistent_workers: bool = False,
+) -> int:
+    """The number of epochs that train on stored features, after checking that they stand in for the backbone
+    exactly: it does not train in those epochs, every image is seen unaugmented there, and nothing in the model is
+    random while training (dropout, stochastic depth), so each image's features are the same at every step."""
+    epochs = feature_epochs(strategy, model)
+    if epochs == 0:
         raise MedftError(
-            f"--cache_features: --strategy {strategy.name} trains more than the new head, so the backbone must run "
-            "on every step. Use it with --strategy lp, or drop --cache_features."
+            f"--cache_features: --strategy {strategy.name} trains more than the new head from its first epoch, so "
+            "the backbone must run on every step. Use it with a strategy that starts with the head alone (lp, lpft, "
+            "gu_lf, gu_fl), or drop --cache_features."
         )
-    if augmentation != "none":
+    whole_run = epochs == strategy.num_epochs
+    if whole_run and augmentation != "none":
         raise MedftError(
             f"--cache_features stores one feature per image, so it cannot augment (--augmentation {augmentation}). "
             "Pass --augmentation none, or drop --cache_features."
         )
-    if activation_checkpointing:
+    if whole_run and activation_checkpointing:
         raise MedftError(
             "--cache_features: the backbone never runs while the head trains on stored features, so there is nothing "
             "for --activation_checkpointing (--gradient_checkpointing) to save. Drop that flag."
+        )
+    if not whole_run and persistent_workers:
+        raise MedftError(
+            f"--dataloader_persistent_workers: a persistent worker keeps its copy of the training set as it was at "
+            f"epoch 0, so it would go on serving stored features after epoch {epochs}, when --strategy "
+            f"{strategy.name} starts training the backbone on images. Drop the flag (workers restart each epoch)."
         )
     random_layers = _random_while_training(model.timm_model)
     if random_layers:
@@ -189,6 +210,7 @@ def check_feature_cache(
             "), so its features change from step to step. Save the model with those rates at 0 (timm's drop_rate, "
             "drop_path_rate), or drop --cache_features."
         )
+    return epochs
 
 
 def _random_while_training(timm_model: torch.nn.Module) -> str:
@@ -244,21 +266,92 @@ class StoredFeatures(torch.utils.data.Dataset):
         return {"pixel_values": self.features[index], "labels": self.labels[index]}
 
 
-@contextmanager
-def head_only(model: torch.nn.Module) -> Iterator[None]:
-    """Within: the model takes `StoredFeatures` (pre-logits) as its input and runs only the classifier, the one
-    layer a linear probe trains (pooling ran once per image, in `StoredFeatures.compute`).
+class FeaturesThenImages(torch.utils.data.Dataset):
+    """A strategy that trains the head alone for its first `feature_epochs` epochs, then more (LP-FT, gradual
+    unfreezing): stored features until then, the image rows after. Training rows learn the epoch from the Trainer
+    (`set_epoch`, as augmentation does); validation rows follow them (`follows`), since Accelerate sets every
+    evaluation loader's rows back to epoch 0."""
 
-    The timm model's other children (the frozen backbone) also leave the module tree: the Trainer walks every module
-    and parameter on each step (`model.train()`, gradient clipping, `zero_grad`), which costs more than a step that
-    trains a few thousand weights, and a checkpoint saved inside holds the head alone, since the backbone is the base
-    model's, unchanged (a resume rebuilds it from `--model`, which the resume identity pins). Leaving restores the
-    whole model, its backbone frozen (`requires_grad` off, as the strategy would have set it had it seen it); no
-    weight is touched.
-    """
+    def __init__(
+        self,
+        features: StoredFeatures,
+        images: torch.utils.data.Dataset,
+        feature_epochs: int,
+        follows: FeaturesThenImages | None = None,
+    ):
+        self.features, self.images, self.feature_epochs = features, images, feature_epochs
+        self.follows, self.epoch = follows, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.images, "set_epoch"):
+            self.images.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        epoch = (self.follows or self).epoch
+        return (self.features if epoch < self.feature_epochs else self.images)[index]
+
+
+def on_stored_features(
+    model: torch.nn.Module,
+    train_rows: torch.utils.data.Dataset,
+    validation_rows: torch.utils.data.Dataset,
+    feature_epochs: int,
+    num_epochs: int,
+    batch_size: int,
+) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset, AbstractContextManager]:
+    """The training and validation rows of a run whose first `feature_epochs` epochs (`check_feature_cache`) train
+    the head alone, with the backbone run once per image for them, and the context to train in: `head_only` when
+    that is the whole run, else `takes_stored_features`. `model` sits on the device it will train on."""
+    train_features = StoredFeatures.compute(model, train_rows, batch_size)
+    validation_features = StoredFeatures.compute(model, validation_rows, batch_size)
+    if feature_epochs == num_epochs:
+        return train_features, validation_features, head_only(model)
+    train_rows = FeaturesThenImages(train_features, train_rows, feature_epochs)
+    validation_rows = FeaturesThenImages(validation_features, validation_rows, feature_epochs, follows=train_rows)
+    return train_rows, validation_rows, takes_stored_features(model)
+
+
+@contextmanager
+def takes_stored_features(model: torch.nn.Module) -> Iterator[None]:
+    """Within: the model takes a batch of `StoredFeatures` rows (2-D pre-logits) as well as images (4-D), and runs
+    only the classifier on the former (pooling ran once per image, in `StoredFeatures.compute`)."""
     timm_model = model.timm_model
     classifier = timm_model.get_classifier()
-    head = {id(parameter) for parameter in classifier.parameters()}
+    forward_features, forward_head = timm_model.forward_features, timm_model.forward_head
+
+    def features(inputs: torch.Tensor) -> torch.Tensor:
+        return inputs if inputs.ndim == 2 else forward_features(inputs)
+
+    def head(inputs: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if inputs.ndim == 2:
+            return inputs if pre_logits else classifier(inputs)
+        return forward_head(inputs, pre_logits=pre_logits)
+
+    # Instance attributes shadow the methods until deleted.
+    timm_model.forward_features, timm_model.forward_head = features, head
+    try:
+        yield
+    finally:
+        del timm_model.forward_features, timm_model.forward_head
+
+
+@contextmanager
+def head_only(model: torch.nn.Module) -> Iterator[None]:
+    """`takes_stored_features` for a run that trains the head alone in every epoch (`lp`), with the timm model's
+    other children (the frozen backbone) out of the module tree.
+
+    The Trainer walks every module and parameter on each step (`model.train()`, gradient clipping, `zero_grad`),
+    which costs more than a step that trains a few thousand weights, and a checkpoint saved inside holds the head
+    alone, since the backbone is the base model's, unchanged (a resume rebuilds it from `--model`, which the resume
+    identity pins). Leaving restores the whole model, its backbone frozen (`requires_grad` off, as the strategy
+    would have set it had it seen it); no weight is touched.
+    """
+    timm_model = model.timm_model
+    head = {id(parameter) for parameter in timm_model.get_classifier().parameters()}
     children = dict(timm_model._modules)
     kept = {
         name: child
@@ -268,21 +361,11 @@ def head_only(model: torch.nn.Module) -> Iterator[None]:
     for name, child in children.items():
         if name not in kept and child is not None:
             child.requires_grad_(False)
-
-    def classify(features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return features if pre_logits else classifier(features)
-
-    # Instance attributes shadow the methods until deleted.
-    timm_model.forward_features, timm_model.forward_head = _identity, classify
     timm_model._modules.clear()
     timm_model._modules.update(kept)
     try:
-        yield
+        with takes_stored_features(model):
+            yield
     finally:
-        del timm_model.forward_features, timm_model.forward_head
         timm_model._modules.clear()
         timm_model._modules.update(children)
-
-
-def _identity(features: torch.Tensor) -> torch.Tensor:
-    return features

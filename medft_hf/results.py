@@ -53,7 +53,9 @@ class RunResult:
     dataset_config: str | None = None
     augmentation: str = "rrc"  # runs made before --augmentation used what is now called "rrc"
     class_weights: str = "none"
-    data_pipeline: str = "pil"  # "decoded" (the image cache), "features" (cached-feature LP) or "pil"
+    # "decoded" (the image cache), "pil", "features" (cached-feature LP), or "features, then decoded" (the head-only
+    # epochs of lpft or gradual unfreezing on stored features)
+    data_pipeline: str = "pil"
     split_settings: dict[str, Any] = field(default_factory=dict)  # what chose the rows of each split
     modality: str | None = None
     dataset_id: str | None = None

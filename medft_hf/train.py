@@ -25,7 +25,7 @@ from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArgume
 
 from . import defaults
 from . import metrics as metrics_lib
-from .cache import StoredFeatures, check_feature_cache, head_only, image_datasets
+from .cache import check_feature_cache, image_datasets, on_stored_features
 from .checkpoints import load_checkpoint_state, resolve_checkpoint
 from .data import AUGMENTATIONS, DEFAULT_AUGMENTATION, Preprocessing, load_splits
 from .errors import MedftError, exit_on_error
@@ -127,8 +127,9 @@ class DataArguments:
     cache_features: bool = field(
         default=False,
         metadata={
-            "help": "For strategies that train only the new head (lp): run the frozen backbone once per image and "
-            "train the head on the stored features. Exact without augmentation, so it needs --augmentation none."
+            "help": "For the epochs in which the strategy trains the new head alone (all of lp's, lpft's LP phase, "
+            "gradual unfreezing's first stage): run the frozen backbone once per image and train the head on the "
+            "stored features, of unaugmented images. With lp it needs --augmentation none (it is exact then)."
         },
     )
     modality: str | None = field(
@@ -364,20 +365,35 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             strategy.name,
             " and ".join(alike),
         )
-    if data_args.cache_features:
-        check_feature_cache(strategy, model, data_args.augmentation, training_args.activation_checkpointing)
     model = strategy.prepare_model(model)
+    feature_epochs = 0
+    if data_args.cache_features:
+        feature_epochs = check_feature_cache(
+            strategy,
+            model,
+            data_args.augmentation,
+            training_args.activation_checkpointing,
+            training_args.dataloader_persistent_workers,
+        )
     train_set, validation_set, test_set = image_datasets(
         splits, preprocessing, training_args.seed, data_args.cache_images, num_proc=training_args.dataloader_num_workers
     )
-    if data_args.cache_features:
-        # The frozen backbone runs once per image; the Trainer then trains (and validates) the head alone.
+    train_rows, validation_rows, takes_features = train_set, validation_set, nullcontext()
+    data_pipeline = "decoded" if data_args.cache_images else "pil"
+    if feature_epochs:
+        # The frozen backbone runs once per image; the head trains (and is validated) on the stored features.
         model.to(training_args.device)
-        batch_size = training_args.per_device_eval_batch_size
-        train_rows = StoredFeatures.compute(model, train_set, batch_size)
-        validation_rows = StoredFeatures.compute(model, validation_set, batch_size)
-    else:
-        train_rows, validation_rows = train_set, validation_set
+        train_rows, validation_rows, takes_features = on_stored_features(
+            model, train_set, validation_set, feature_epochs, num_epochs, training_args.per_device_eval_batch_size
+        )
+        if feature_epochs < num_epochs:
+            logger.info(
+                "The first %d of %d epochs train the head on stored features (of unaugmented images), the rest on "
+                "images.",
+                feature_epochs,
+                num_epochs,
+            )
+        data_pipeline = "features" if feature_epochs == num_epochs else f"features, then {data_pipeline}"
 
     # 3. Train (or resume); the best epoch is chosen on validation.
     identity = {
@@ -392,7 +408,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         "image_size": image_size,
         "augmentation": data_args.augmentation,
         "class_weights": data_args.class_weights,
-        "data_pipeline": "features" if data_args.cache_features else "decoded" if data_args.cache_images else "pil",
+        "data_pipeline": data_pipeline,
         "split_settings": {
             name: getattr(data_args, name)
             for name in ("val_fraction", "max_train_samples", "min_validation_size", "max_eval_samples")
@@ -420,7 +436,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
     use_epoch_log(trainer, str(output_dir))
     if saved_state is not None:
         trainer.restore_strategy_state(saved_state)
-    with head_only(model) if data_args.cache_features else nullcontext():
+    with takes_features:
         train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     # 4. Evaluate the chosen model: validation, then the test split once. A binary task's decision threshold is

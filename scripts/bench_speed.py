@@ -23,7 +23,7 @@ import torch
 import transformers
 from transformers import TrainerCallback
 
-from medft_hf.cache import StoredFeatures, check_feature_cache, head_only, image_datasets
+from medft_hf.cache import check_feature_cache, image_datasets, on_stored_features
 from medft_hf.data import Preprocessing, load_splits
 from medft_hf.metrics import metrics_for_trainer
 from medft_hf.modeling import BlockLayout, load_model
@@ -66,7 +66,8 @@ class Bench:
         a checkpoint every epoch, as a default run does). `channels_last` converts the model first, as a library
         option would."""
         transformers.set_seed(0)
-        augmentation = "none" if pipeline == "features" else "light"
+        # lp on stored features cannot augment; the others augment the epochs they train on images
+        augmentation = "none" if pipeline == "features" and strategy == "lp" else "light"
         model, train, validation = self.data(pipeline, augmentation)
         built = build_strategy(strategy, None, BlockLayout.from_model(model), epochs)
         model = built.prepare_model(model)
@@ -89,11 +90,13 @@ class Bench:
             seed=0,
         )
         started = time.perf_counter()
+        takes_features = nullcontext()
         if pipeline == "features":  # as train.py: checked, then on the device the Trainer will use
-            check_feature_cache(built, model, augmentation)
+            feature_epochs = check_feature_cache(built, model, augmentation)
             model.to(args.device)
-            train = StoredFeatures.compute(model, train, args.per_device_eval_batch_size)
-            validation = StoredFeatures.compute(model, validation, args.per_device_eval_batch_size)
+            train, validation, takes_features = on_stored_features(
+                model, train, validation, feature_epochs, epochs, args.per_device_eval_batch_size
+            )
         setup = time.perf_counter() - started
         trainer = StrategyTrainer(
             model=model,
@@ -103,17 +106,17 @@ class Bench:
             compute_metrics=metrics_for_trainer() if evaluate else None,
             strategy=built,
         )
-        return trainer, setup
+        return trainer, setup, takes_features
 
     def project_seconds(
         self, strategy: str, epochs: int, pipeline: str = "decoded", channels_last: bool = False
     ) -> tuple[float, float]:
         """Seconds of `train()` (with the feature extraction for `features`), and the median steady step."""
-        trainer, setup = self.trainer(strategy, epochs, pipeline, channels_last=channels_last)
+        trainer, setup, takes_features = self.trainer(strategy, epochs, pipeline, channels_last=channels_last)
         clock = StepClock()
         trainer.add_callback(clock)
         started = time.perf_counter()
-        with head_only(trainer.model) if pipeline == "features" else nullcontext():
+        with takes_features:
             trainer.train()
         return setup + time.perf_counter() - started, statistics.median(clock.steps)
 
@@ -174,7 +177,7 @@ class Bench:
         measured). The data pipeline is left out: it is the same for every strategy."""
         trainers = {}
         for strategy in strategies:
-            trainer, _ = self.trainer(strategy, epochs)
+            trainer, _, _ = self.trainer(strategy, epochs)
             trainer.create_optimizer_and_scheduler(
                 num_training_steps=epochs * math.ceil(self.train_images / self.batch_size)
             )
@@ -204,7 +207,7 @@ class Bench:
     def evaluation_images_per_second(self, repeats: int) -> float:
         """Validation images per second of `Trainer.evaluate` (median of `repeats` after an untimed one): the
         `eval` figure of a grid file's `throughput` (medft_hf/cost.py), its DataLoader start-up included."""
-        trainer, _ = self.trainer("ft", 1, evaluate=True)
+        trainer, _, _ = self.trainer("ft", 1, evaluate=True)
         trainer.evaluate()
         seconds = []
         for _ in range(repeats):
@@ -216,7 +219,7 @@ class Bench:
     def evaluation_share(self, epochs: int) -> dict[str, float]:
         """FT with validation and a checkpoint every epoch: the share of `train()`'s wall time outside the epochs'
         training loops (evaluation, checkpoints, set-up)."""
-        trainer, _ = self.trainer("ft", epochs, evaluate=True)
+        trainer, _, _ = self.trainer("ft", epochs, evaluate=True)
         clock = EpochClock()
         trainer.add_callback(clock)
         output = trainer.train()
@@ -282,6 +285,12 @@ def main() -> None:
         default=0,
         help="only each strategy's step time against FT's, measured in this many interleaved rounds",
     )
+    parser.add_argument(
+        "--stored_features_only",
+        action="store_true",
+        help="only each strategy's run with its head-only epochs on stored features against its run on images "
+        "(strategies that start with the head alone: lp, lpft, gu_lf, gu_fl)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw timings here")
     args = parser.parse_args()
     transformers.utils.logging.set_verbosity_error()
@@ -303,6 +312,9 @@ def main() -> None:
             return
         if args.interleaved_rounds:
             report_interleaved(bench, strategies, args)
+            return
+        if args.stored_features_only:
+            report_stored_features(bench, strategies, args)
             return
         images = bench.train_images * args.epochs
         raw: dict[str, list[float]] = {}
@@ -402,6 +414,32 @@ def report_interleaved(bench: Bench, strategies: list[str], args: argparse.Names
         )
     if args.json:
         args.json.write_text(json.dumps({"step_seconds": seconds, **vars(args)}, default=str))
+
+
+def report_stored_features(bench: Bench, strategies: list[str], args: argparse.Namespace) -> None:
+    """Whole `train()` time with `--cache_features` (the feature pass included) over the same run on decoded
+    images, per pair; the image runs augment (light), the stored features cannot (lp: none at all)."""
+    bench.project_seconds("ft", 1)  # warm-up
+    seconds: dict[str, list[float]] = {}
+    for repeat in range(args.repeats):
+        for strategy in strategies:
+            for pipeline in ("decoded", "features"):
+                elapsed = bench.project_seconds(strategy, args.epochs, pipeline)[0]
+                seconds.setdefault(f"{strategy} {pipeline}", []).append(elapsed)
+                print(f"  repeat {repeat + 1}: {strategy} {pipeline} {elapsed:.1f} s", flush=True)
+    print(f"\n{setting(args, bench.train_images)}, {args.repeats} paired repeats")
+    print("\n| strategy | on images (s, median) | --cache_features (s, median) | features / images (per pair) |")
+    print("|---|---|---|---|")
+    for strategy in strategies:
+        images, features = seconds[f"{strategy} decoded"], seconds[f"{strategy} features"]
+        ratios = [a / b for a, b in zip(features, images, strict=True)]
+        print(
+            f"| {strategy} | {statistics.median(images):.1f} | {statistics.median(features):.1f} | "
+            + ", ".join(f"{r:.2f}" for r in ratios)
+            + f" (median {statistics.median(ratios):.2f}) |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"train_seconds": seconds, **vars(args)}, default=str))
 
 
 def report_throughput(bench: Bench, args: argparse.Namespace) -> None:

@@ -1,8 +1,10 @@
 """The fast paths change nothing but speed: the decoded-image cache gives the evaluation transform's pixels, its
-augmentation is seeded per row, and a linear probe on stored features trains exactly what an uncached one does."""
+augmentation is seeded per row, and the head trained on stored features (a linear probe, the head-only epochs of
+LP-FT and gradual unfreezing) trains exactly what it does on images."""
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import shutil
@@ -19,11 +21,13 @@ from test_train import train
 
 from medft_hf.cache import (
     DecodedImages,
+    FeaturesThenImages,
     StoredFeatures,
     decode_split,
     head_only,
     image_datasets,
     random_resized_crop_box,
+    takes_stored_features,
 )
 from medft_hf.data import ImageClassificationDataset, Preprocessing, load_splits
 from medft_hf.errors import MedftError
@@ -97,18 +101,68 @@ def test_cached_feature_lp_trains_exactly_what_an_uncached_lp_trains(tiny_model,
     weights = [load_file(tmp_path / name / "model.safetensors") for name in ("features", "images")]
     for name, tensor in weights[0].items():
         torch.testing.assert_close(tensor, weights[1][name], rtol=1e-5, atol=1e-6)
-        timm_name = name.removeprefix("timm_model.")
-        if not timm_name.startswith("classifier."):  # only the head trains
-            assert torch.equal(tensor, before[timm_name]), name
+        if not name.startswith("classifier."):  # only the head trains (the run saves timm's names)
+            assert torch.equal(tensor, before[name]), name
     assert RunResult.load(tmp_path / "features").test["balanced_accuracy"] == pytest.approx(
         uncached.test["balanced_accuracy"]
     )
 
 
+@pytest.mark.parametrize(("strategy", "flags"), [("lpft", ["--lp_epochs", "2"]), ("gu_lf", ["--unfreeze_every", "1"])])
+def test_head_only_epochs_on_stored_features_train_what_images_train(
+    strategy, flags, tiny_model, tiny_dataset, tmp_path
+):
+    """LP-FT's LP phase (2 epochs) and gradual unfreezing's first stage (1 epoch) on stored features, the rest on
+    images: without augmentation, the same run as on images throughout, to floating-point tolerance.
+
+    Compared by the losses of every epoch: the weights themselves differ by up to ~1e-4 after the fine-tuning
+    steps, where Adam turns rounding noise in near-zero gradients into steps of the learning rate's size."""
+    common = ["--strategy", strategy, *flags, "--augmentation", "none", "--num_train_epochs", "3"]
+    common += ["--bootstrap_resamples", "0", "--load_best_model_at_end", "false"]  # the last epoch's weights
+    uncached = train(tiny_model, tiny_dataset, tmp_path / "images", *common)
+    features = train(tiny_model, tiny_dataset, tmp_path / "features", *common, "--cache_features")
+    assert features.data_pipeline == "features, then decoded"
+    for mine, theirs in zip(features.history, uncached.history, strict=True):
+        assert mine["trainable_parameters"] == theirs["trainable_parameters"]
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
+        assert mine["validation"]["loss"] == pytest.approx(theirs["validation"]["loss"], rel=1e-5)
+    assert features.test["balanced_accuracy"] == pytest.approx(uncached.test["balanced_accuracy"])
+    before = load_file(tiny_model / "model.safetensors")  # timm's names, as the run saves them
+    after = load_file(tmp_path / "features" / "model.safetensors")
+    moved = [name for name in after if name.startswith("blocks.") and not after[name].equal(before[name])]
+    assert moved, "the backbone trained after the head-only epochs"
+
+
+def test_stored_features_feed_only_the_head_only_epochs(tiny_model, tiny_dataset, tmp_path):
+    """The backbone never runs in LP-FT's LP phase (epoch 0 here), and runs on images once fine-tuning starts."""
+    trainer, _ = make_trainer("lpft", tiny_model, tiny_dataset, tmp_path, epochs=2, cached=True, lp_epochs=1)
+    model = trainer.model
+    stored = StoredFeatures.compute(model, trainer.train_dataset, batch_size=16)
+    trainer.train_dataset = FeaturesThenImages(stored, trainer.train_dataset, feature_epochs=1)
+    stem_calls = collections.Counter()
+    model.timm_model.conv_stem.register_forward_hook(lambda *_: stem_calls.update([trainer.state.epoch // 1]))
+    with takes_stored_features(model):
+        trainer.train()
+    assert stem_calls == {1.0: 3}, "no backbone forward in epoch 0; one per step (48 images, batches of 16) in epoch 1"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--strategy", "ft", "--augmentation", "none"], "--strategy ft trains more than the new head"),
+        (["--strategy", "ft", "--augmentation", "none"], "--strategy ft trains more than the new head from its first"),
+        (
+            [
+                "--strategy",
+                "lpft",
+                "--num_train_epochs",
+                "3",
+                "--augmentation",
+                "none",
+                "--dataloader_persistent_workers",
+                "1",
+            ],
+            "go on serving stored features after epoch 1, when --strategy lpft starts training the backbone",
+        ),
         (["--strategy", "lp"], "cannot augment \\(--augmentation light\\)"),
         (
             ["--strategy", "lp", "--augmentation", "none", "--gradient_checkpointing"],
@@ -174,6 +228,22 @@ def test_cached_feature_lp_checkpoints_hold_the_head_and_resume_bit_identically(
     resumed = train(tiny_model, tiny_dataset, tmp_path / "resumed", *common, "--resume_from_checkpoint", "true")
     weights = [load_file(tmp_path / name / "model.safetensors") for name in ("full", "resumed")]
     assert weights[0].keys() == weights[1].keys() and len(weights[0]) > 2, "the saved model is the whole model"
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+    assert resumed.history == full.history
+    assert resumed.test == full.test
+
+
+@pytest.mark.parametrize("lp_epochs", ["2", "1"])
+def test_lpft_on_stored_features_resumes_bit_identically(lp_epochs, tiny_model, tiny_dataset, tmp_path):
+    """From the end of epoch 1 (checkpoint-3): inside the LP phase on stored features, or at the switch to images."""
+    common = ["--strategy", "lpft", "--lp_epochs", lp_epochs, "--cache_features", "--num_train_epochs", "3"]
+    common += ["--bootstrap_resamples", "0", "--save_total_limit", "3", "--load_best_model_at_end", "false"]
+    full = train(tiny_model, tiny_dataset, tmp_path / "full", *common)
+    checkpoint = tmp_path / "full" / "checkpoint-3"
+    shutil.copytree(checkpoint, tmp_path / "resumed" / checkpoint.name)
+    resumed = train(tiny_model, tiny_dataset, tmp_path / "resumed", *common, "--resume_from_checkpoint", "true")
+    weights = [load_file(tmp_path / name / "model.safetensors") for name in ("full", "resumed")]
     for name, tensor in weights[0].items():
         assert torch.equal(tensor, weights[1][name]), name
     assert resumed.history == full.history
