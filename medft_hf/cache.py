@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
+from transformers import TrainingArguments
 
 from .data import ImageClassificationDataset, ImageClassificationSplits, Preprocessing, undecodable_rows
 from .errors import MedftError
@@ -169,40 +170,49 @@ def feature_epochs(strategy: Strategy, model: torch.nn.Module) -> int:
     )
 
 
-def check_feature_cache(
-    strategy: Strategy,
-    model: torch.nn.Module,
-    augmentation: str,
-    activation_checkpointing: bool = False,
-    persistent_workers: bool = False,
-) -> int:
+def check_feature_cache(strategy: Strategy, model: torch.nn.Module, augmentation: str, args: TrainingArguments) -> int:
     """The number of epochs that train on stored features, after checking that they stand in for the backbone
-    exactly: it does not train in those epochs, every image is seen unaugmented there, and nothing in the model is
-    random while training (dropout, stochastic depth), so each image's features are the same at every step."""
+    exactly: it does not train in those epochs, and nothing in the model is random while training (dropout,
+    stochastic depth), so each image's features are the same at every step."""
     epochs = feature_epochs(strategy, model)
     if epochs == 0:
+        layout, frozen = strategy.layout, strategy.frozen_tensors(0)
+        trained_head = [name for name in layout.head if name not in layout.new and name not in frozen]
+        if trained_head and set(layout.backbone) <= frozen:
+            raise MedftError(
+                f"--cache_features: this model's head has pretrained layers before its classifier ({trained_head[0]}"
+                f", ...), and --strategy {strategy.name} trains them with it, so what they hand the classifier "
+                "changes at every step. Drop --cache_features."
+            )
         raise MedftError(
             f"--cache_features: --strategy {strategy.name} trains more than the new head from its first epoch, so "
             "the backbone must run on every step. Use it with a strategy that starts with the head alone (lp, lpft, "
             "gu_lf, gu_fl), or drop --cache_features."
         )
-    whole_run = epochs == strategy.num_epochs
-    if whole_run and augmentation != "none":
-        raise MedftError(
-            f"--cache_features stores one feature per image, so it cannot augment (--augmentation {augmentation}). "
-            "Pass --augmentation none, or drop --cache_features."
-        )
-    if whole_run and activation_checkpointing:
-        raise MedftError(
-            "--cache_features: the backbone never runs while the head trains on stored features, so there is nothing "
-            "for --activation_checkpointing (--gradient_checkpointing) to save. Drop that flag."
-        )
-    if not whole_run and persistent_workers:
-        raise MedftError(
-            f"--dataloader_persistent_workers: a persistent worker keeps its copy of the training set as it was at "
-            f"epoch 0, so it would go on serving stored features after epoch {epochs}, when --strategy "
-            f"{strategy.name} starts training the backbone on images. Drop the flag (workers restart each epoch)."
-        )
+    if epochs == strategy.num_epochs:
+        if augmentation != "none":
+            raise MedftError(
+                f"--cache_features stores one feature per image, so it cannot augment (--augmentation "
+                f"{augmentation}). Pass --augmentation none, or drop --cache_features."
+            )
+        if args.activation_checkpointing:
+            raise MedftError(
+                "--cache_features: the backbone never runs while the head trains on stored features, so there is "
+                "nothing for --activation_checkpointing (--gradient_checkpointing) to save. Drop that flag."
+            )
+    else:
+        if args.dataloader_persistent_workers:
+            raise MedftError(
+                f"--dataloader_persistent_workers: a persistent worker keeps its copy of the training set as it was "
+                f"at epoch 0, so it would go on serving stored features after epoch {epochs}, when --strategy "
+                f"{strategy.name} starts training the backbone on images. Drop the flag (workers restart each epoch)."
+            )
+        if args.max_steps > 0:
+            raise MedftError(
+                f"--max_steps {args.max_steps} with --cache_features: --strategy {strategy.name} switches from "
+                "stored features to images at an epoch counted from --num_train_epochs, which --max_steps would "
+                "change under it. Give the length as --num_train_epochs."
+            )
     random_layers = _random_while_training(model.timm_model)
     if random_layers:
         raise MedftError(
@@ -297,21 +307,24 @@ class FeaturesThenImages(torch.utils.data.Dataset):
 
 def on_stored_features(
     model: torch.nn.Module,
-    train_rows: torch.utils.data.Dataset,
-    validation_rows: torch.utils.data.Dataset,
+    unaugmented_train: torch.utils.data.Dataset,
+    images: tuple[torch.utils.data.Dataset, torch.utils.data.Dataset],
     feature_epochs: int,
     num_epochs: int,
     batch_size: int,
 ) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset, AbstractContextManager]:
     """The training and validation rows of a run whose first `feature_epochs` epochs (`check_feature_cache`) train
-    the head alone, with the backbone run once per image for them, and the context to train in: `head_only` when
-    that is the whole run, else `takes_stored_features`. `model` sits on the device it will train on."""
-    train_features = StoredFeatures.compute(model, train_rows, batch_size)
-    validation_features = StoredFeatures.compute(model, validation_rows, batch_size)
+    the head alone, and the context to train in: `head_only` when that is the whole run, else
+    `takes_stored_features`, with the (training, validation) `images` after the switch. The backbone runs once over
+    `unaugmented_train` (the training split as evaluation sees it) and the validation images, on the device `model`
+    sits on."""
+    train_images, validation_images = images
+    train_features = StoredFeatures.compute(model, unaugmented_train, batch_size)
+    validation_features = StoredFeatures.compute(model, validation_images, batch_size)
     if feature_epochs == num_epochs:
         return train_features, validation_features, head_only(model)
-    train_rows = FeaturesThenImages(train_features, train_rows, feature_epochs)
-    validation_rows = FeaturesThenImages(validation_features, validation_rows, feature_epochs, follows=train_rows)
+    train_rows = FeaturesThenImages(train_features, train_images, feature_epochs)
+    validation_rows = FeaturesThenImages(validation_features, validation_images, feature_epochs, follows=train_rows)
     return train_rows, validation_rows, takes_stored_features(model)
 
 
@@ -323,13 +336,14 @@ def takes_stored_features(model: torch.nn.Module) -> Iterator[None]:
     classifier = timm_model.get_classifier()
     forward_features, forward_head = timm_model.forward_features, timm_model.forward_head
 
-    def features(inputs: torch.Tensor) -> torch.Tensor:
-        return inputs if inputs.ndim == 2 else forward_features(inputs)
+    # Keyword arguments pass through: timm's ViTs call `forward_features(x, attn_mask=...)`.
+    def features(inputs: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return inputs if inputs.ndim == 2 else forward_features(inputs, *args, **kwargs)
 
-    def head(inputs: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    def head(inputs: torch.Tensor, pre_logits: bool = False, **kwargs) -> torch.Tensor:
         if inputs.ndim == 2:
             return inputs if pre_logits else classifier(inputs)
-        return forward_head(inputs, pre_logits=pre_logits)
+        return forward_head(inputs, pre_logits=pre_logits, **kwargs)
 
     # Instance attributes shadow the methods until deleted.
     timm_model.forward_features, timm_model.forward_head = features, head

@@ -368,23 +368,23 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
     model = strategy.prepare_model(model)
     feature_epochs = 0
     if data_args.cache_features:
-        feature_epochs = check_feature_cache(
-            strategy,
-            model,
-            data_args.augmentation,
-            training_args.activation_checkpointing,
-            training_args.dataloader_persistent_workers,
-        )
-    train_set, validation_set, test_set = image_datasets(
-        splits, preprocessing, training_args.seed, data_args.cache_images, num_proc=training_args.dataloader_num_workers
-    )
+        feature_epochs = check_feature_cache(strategy, model, data_args.augmentation, training_args)
+    seed, cached, num_proc = training_args.seed, data_args.cache_images, training_args.dataloader_num_workers
+    train_set, validation_set, test_set = image_datasets(splits, preprocessing, seed, cached, num_proc)
     train_rows, validation_rows, takes_features = train_set, validation_set, nullcontext()
     data_pipeline = "decoded" if data_args.cache_images else "pil"
     if feature_epochs:
-        # The frozen backbone runs once per image; the head trains (and is validated) on the stored features.
+        # The frozen backbone runs once per image, as evaluation sees it (unaugmented); the head trains (and is
+        # validated) on the stored features.
         model.to(training_args.device)
+        unaugmented_train, _, _ = image_datasets(splits, replace(preprocessing, augmentation="none"), seed, cached)
         train_rows, validation_rows, takes_features = on_stored_features(
-            model, train_set, validation_set, feature_epochs, num_epochs, training_args.per_device_eval_batch_size
+            model,
+            unaugmented_train,
+            (train_set, validation_set),
+            feature_epochs,
+            num_epochs,
+            training_args.per_device_eval_batch_size,
         )
         if feature_epochs < num_epochs:
             logger.info(

@@ -59,6 +59,12 @@ class Bench:
         train, validation, _ = image_datasets(splits, preprocessing, seed=0, cached=pipeline != "pil")
         return model, train, validation
 
+    def unaugmented_train(self, model) -> torch.utils.data.Dataset:
+        """The training rows as evaluation sees them: what the feature pass of `--cache_features` reads."""
+        splits = load_splits(self.dataset, max_train_samples=self.max_train_samples, seed=0)
+        preprocessing = Preprocessing.for_model(model.timm_model, self.image_size, "none")
+        return image_datasets(splits, preprocessing, seed=0)[0]
+
     def trainer(
         self, strategy: str, epochs: int, pipeline: str = "decoded", evaluate: bool = False, channels_last=False
     ):
@@ -89,13 +95,14 @@ class Bench:
             use_cpu=not torch.cuda.is_available(),
             seed=0,
         )
+        unaugmented_train = self.unaugmented_train(model) if pipeline == "features" else None
         started = time.perf_counter()
         takes_features = nullcontext()
         if pipeline == "features":  # as train.py: checked, then on the device the Trainer will use
-            feature_epochs = check_feature_cache(built, model, augmentation)
+            feature_epochs = check_feature_cache(built, model, augmentation, args)
             model.to(args.device)
             train, validation, takes_features = on_stored_features(
-                model, train, validation, feature_epochs, epochs, args.per_device_eval_batch_size
+                model, unaugmented_train, (train, validation), feature_epochs, epochs, args.per_device_eval_batch_size
             )
         setup = time.perf_counter() - started
         trainer = StrategyTrainer(

@@ -8,16 +8,19 @@ import collections
 import json
 import re
 import shutil
+from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
+import timm
 import torch
 import transformers
 from conftest import CLASS_NAMES, make_images, make_trainer
 from PIL import Image
 from safetensors.torch import load_file
 from test_train import train
+from timm.models import save_for_hf
 
 from medft_hf.cache import (
     DecodedImages,
@@ -133,6 +136,18 @@ def test_head_only_epochs_on_stored_features_train_what_images_train(
     assert moved, "the backbone trained after the head-only epochs"
 
 
+def test_head_only_epochs_on_stored_features_see_unaugmented_images(tiny_model, tiny_dataset, tmp_path):
+    """With --augmentation light, LP-FT's LP phase trains exactly as with none (the features of the images as
+    evaluation sees them; through images, or through features of augmented images, it would differ), and the
+    fine-tuning epochs are augmented."""
+    common = ["--strategy", "lpft", "--lp_epochs", "2", "--cache_features", "--num_train_epochs", "3"]
+    common += ["--bootstrap_resamples", "0", "--skip_test"]
+    light = train(tiny_model, tiny_dataset, tmp_path / "light", *common, "--augmentation", "light")
+    plain = train(tiny_model, tiny_dataset, tmp_path / "none", *common, "--augmentation", "none")
+    assert [epoch["train_loss"] for epoch in light.history[:2]] == [epoch["train_loss"] for epoch in plain.history[:2]]
+    assert light.history[2]["train_loss"] != plain.history[2]["train_loss"]
+
+
 def test_stored_features_feed_only_the_head_only_epochs(tiny_model, tiny_dataset, tmp_path):
     """The backbone never runs in LP-FT's LP phase (epoch 0 here), and runs on images once fine-tuning starts."""
     trainer, _ = make_trainer("lpft", tiny_model, tiny_dataset, tmp_path, epochs=2, cached=True, lp_epochs=1)
@@ -163,6 +178,8 @@ def test_stored_features_feed_only_the_head_only_epochs(tiny_model, tiny_dataset
             ],
             "go on serving stored features after epoch 1, when --strategy lpft starts training the backbone",
         ),
+        (["--strategy", "lora", "--augmentation", "none"], "--strategy lora trains more than the new head from its"),
+        (["--strategy", "lpft", "--max_steps", "4"], "--max_steps 4 with --cache_features: --strategy lpft switches"),
         (["--strategy", "lp"], "cannot augment \\(--augmentation light\\)"),
         (
             ["--strategy", "lp", "--augmentation", "none", "--gradient_checkpointing"],
@@ -190,9 +207,22 @@ def test_cached_features_are_refused_for_a_model_that_is_random_while_training(t
     assert not (tmp_path / "run").exists()
 
 
-def test_stored_features_are_what_the_classifier_receives(tiny_model, tiny_dataset):
+@pytest.fixture(scope="module")
+def timm_repos(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    """Randomly initialised timm test models in Hub layout: the EfficientNet of the other tests, a ViT (its forward
+    passes keyword arguments to `forward_features`) and a ConvNeXt (a pretrained norm in its head)."""
+    repos = {"test_efficientnet": tiny_model}
+    for name in ("test_vit", "test_convnext"):
+        torch.manual_seed(0)
+        repos[name] = tmp_path_factory.mktemp(name)
+        save_for_hf(timm.create_model(name, pretrained=False, num_classes=1000), repos[name], safe_serialization=True)
+    return repos
+
+
+@pytest.mark.parametrize("architecture", ["test_efficientnet", "test_vit"])
+def test_stored_features_are_what_the_classifier_receives(architecture, timm_repos, tiny_dataset):
     splits = load_splits(str(tiny_dataset))
-    model = load_model(str(tiny_model), splits.class_names)
+    model = load_model(str(timm_repos[architecture]), splits.class_names)
     preprocessing = Preprocessing.for_model(model.timm_model, 32, "none")
     train_rows, _, _ = image_datasets(splits, preprocessing, seed=0)
     stored = StoredFeatures.compute(model, train_rows, batch_size=3)
@@ -203,8 +233,20 @@ def test_stored_features_are_what_the_classifier_receives(tiny_model, tiny_datas
         with head_only(model):
             assert stored.features.shape == (len(train_rows), model.timm_model.num_features)
             torch.testing.assert_close(model(stored.features).logits, logits)
+        with takes_stored_features(model):
+            torch.testing.assert_close(model(stored.features).logits, logits)
+            torch.testing.assert_close(model(batch["pixel_values"]).logits, logits)  # images still go through
         torch.testing.assert_close(model(batch["pixel_values"]).logits, logits)  # leaving restores the full model
     assert torch.equal(stored.labels, batch["labels"])
+
+
+def test_cached_features_are_refused_for_a_head_with_pretrained_layers(timm_repos, tiny_dataset, tmp_path):
+    """ConvNeXt's head norm (like VGG's fc6/fc7) is pretrained and trains with the classifier in LP."""
+    args = ["--strategy", "lp", "--augmentation", "none", "--cache_features"]
+    message = "head has pretrained layers before its classifier (timm_model.head"
+    with pytest.raises(MedftError, match=re.escape(message)):
+        train(timm_repos["test_convnext"], tiny_dataset, tmp_path / "run", *args)
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_trainers_flops_estimate_is_transformers_own(tiny_model, tiny_dataset, tmp_path):
@@ -234,19 +276,26 @@ def test_cached_feature_lp_checkpoints_hold_the_head_and_resume_bit_identically(
     assert resumed.test == full.test
 
 
-@pytest.mark.parametrize("lp_epochs", ["2", "1"])
-def test_lpft_on_stored_features_resumes_bit_identically(lp_epochs, tiny_model, tiny_dataset, tmp_path):
-    """From the end of epoch 1 (checkpoint-3): inside the LP phase on stored features, or at the switch to images."""
+@pytest.mark.parametrize(("lp_epochs", "step"), [("2", 4), ("1", 3), ("1", 4)])
+def test_lpft_on_stored_features_resumes_bit_identically(lp_epochs, step, tiny_model, tiny_dataset, tmp_path):
+    """Three steps an epoch: from step 4, inside the LP phase on stored features (lp_epochs 2) or inside the first
+    fine-tuning epoch (lp_epochs 1); from step 3, at the switch to images."""
     common = ["--strategy", "lpft", "--lp_epochs", lp_epochs, "--cache_features", "--num_train_epochs", "3"]
-    common += ["--bootstrap_resamples", "0", "--save_total_limit", "3", "--load_best_model_at_end", "false"]
+    common += ["--bootstrap_resamples", "0", "--load_best_model_at_end", "false", "--save_strategy", "steps"]
+    common += ["--save_steps", "1", "--save_total_limit", "9", "--eval_strategy", "epoch"]
     full = train(tiny_model, tiny_dataset, tmp_path / "full", *common)
-    checkpoint = tmp_path / "full" / "checkpoint-3"
+    checkpoint = tmp_path / "full" / f"checkpoint-{step}"
     shutil.copytree(checkpoint, tmp_path / "resumed" / checkpoint.name)
     resumed = train(tiny_model, tiny_dataset, tmp_path / "resumed", *common, "--resume_from_checkpoint", "true")
     weights = [load_file(tmp_path / name / "model.safetensors") for name in ("full", "resumed")]
     for name, tensor in weights[0].items():
         assert torch.equal(tensor, weights[1][name]), name
-    assert resumed.history == full.history
+    # Every validation after the checkpoint is the same; the last epoch is replayed whole (a resumed epoch's
+    # train_loss averages only the steps after the resume, as the Trainer logs it).
+    for theirs, mine in zip(full.history, resumed.history, strict=True):
+        if theirs["epoch"] * 3 > step:
+            assert mine["validation"] == theirs["validation"]
+    assert resumed.history[-1] == full.history[-1]
     assert resumed.test == full.test
 
 

@@ -52,11 +52,9 @@ class LoRA(Strategy):
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         self.layout = BlockLayout.from_model(model)  # adapters renamed the wrapped layers' tensors
-        return model
-
-    def setup(self, model: nn.Module) -> None:
         new = set(self.layout.new)
         self.frozen = {name for name, _ in model.named_parameters() if "lora_" not in name and name not in new}
+        return model
 
     def frozen_tensors(self, epoch: int) -> set[str]:
         return self.frozen
