@@ -94,8 +94,8 @@ def densenet_benefits_most(differences: pd.DataFrame, architectures: dict[str, s
     statistics = (
         "mean Δ to ft over strategies and datasets: "
         + ", ".join(f"{name} {value:+.3f}" for name, value in per_backbone.items())
-        + f"; DenseNet − others, paired by dataset: mean {gap.mean():+.3f} over {gap.size} datasets, signed-rank "
-        f"p = {p:.3g}"
+        + f"; DenseNet − others, paired by dataset: mean {gap.mean():+.3f} over {_count(gap.size, 'dataset')}, "
+        f"signed-rank p = {p:.3g}"
     )
     if largest in densenets and gap.mean() > 0 and p < ALPHA:
         return Claim(claim, REPRODUCED, statistics, "DenseNet gains most, beyond the variation over datasets.")
@@ -104,10 +104,14 @@ def densenet_benefits_most(differences: pd.DataFrame, architectures: dict[str, s
     return Claim(claim, INCONCLUSIVE, statistics, _undecided(gap.size, smallest_p(gap.size), 1))
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _undecided(cases: int, smallest: float, comparisons: int) -> str:
     if smallest * comparisons >= ALPHA:
         return (
-            f"underpowered: with {cases} cases the exact test's smallest p is {smallest:.3g}"
+            f"underpowered: with {_count(cases, 'case')} the exact test's smallest p is {smallest:.3g}"
             + (f" ({smallest * comparisons:.3g} after Holm over {comparisons})" if comparisons > 1 else "")
             + f", never below {ALPHA}."
         )
