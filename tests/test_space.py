@@ -270,6 +270,20 @@ def test_concurrent_requests_get_the_heatmaps_of_sequential_ones(breastmnist_mod
         np.testing.assert_array_equal(one, other)
 
 
+def test_an_overlay_file_is_written_once_and_never_rewritten(tmp_path, monkeypatch):
+    app = _app()
+    monkeypatch.setattr(app, "OVERLAYS", tmp_path)
+    overlay = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    path = app.overlay_file(overlay)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), overlay)
+    written = Path(path).stat()
+    # Another request with the same answer must leave alone the file an earlier client may still be downloading.
+    assert app.overlay_file(overlay.copy()) == path
+    assert (Path(path).stat().st_ino, Path(path).stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    assert app.overlay_file(255 - overlay) != path
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".png", ".png"], "no staging file left behind"
+
+
 def test_a_broken_entry_is_listed_as_unavailable_and_the_others_serve(space_url, breastmnist_model, tmp_path):
     served, unavailable = _app().load_models(
         [{"name": "good", "source": str(breastmnist_model)}, {"name": "typo", "source": str(tmp_path / "nope")}]

@@ -9,9 +9,12 @@ crop it was trained and evaluated with, exactly as `pipeline("image-classificati
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import re
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +43,7 @@ DISCLAIMER = (
 Image.MAX_IMAGE_PIXELS = 200_000_000  # a 10000×10000 scan is fine; decompression bombs beyond this are refused
 # The bundled examples' imaging domain, from the file name's prefix; compared with each model's modality.
 EXAMPLE_DOMAINS = {"breast-ultrasound": "ultrasound", "chest-xray": "X-ray"}
+OVERLAYS = Path(tempfile.gettempdir()) / "medft-demo-overlays"
 logger = logging.getLogger(__name__)
 
 
@@ -137,6 +141,26 @@ def load_models(entries: list[dict[str, Any]]) -> tuple[list[ServedModel], dict[
     return served, unavailable
 
 
+def overlay_file(overlay: np.ndarray) -> str:
+    """The overlay as a PNG named by its content, written once and atomically.
+
+    Handed an array, Gradio rewrites its cached copy in place on every request, so a request with the same answer
+    truncates the file while an earlier client downloads it (five simultaneous requests failed that way). A file it
+    copies into its cache once, atomically; the same content here is a file already there, never rewritten.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(overlay).save(buffer, format="png")
+    data = buffer.getvalue()
+    path = OVERLAYS / f"{hashlib.sha256(data).hexdigest()}.png"
+    if not path.exists():
+        OVERLAYS.mkdir(parents=True, exist_ok=True)
+        descriptor, staging = tempfile.mkstemp(dir=OVERLAYS, suffix=".part")
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+        Path(staging).replace(path)
+    return str(path)
+
+
 class ImageInput(gr.Image):
     """gr.Image whose unreadable uploads (not an image, truncated) get a friendly message, not a stack trace:
     gr.Image opens the file with PIL before our function runs."""
@@ -211,7 +235,7 @@ def build_demo(
         warning = model.domain_warning(path) if path else None
         if warning:
             gr.Warning(warning)
-        return labels, heatmap, model.metrics_markdown() + (f"\n\n⚠ {warning}" if warning else "")
+        return labels, overlay_file(heatmap), model.metrics_markdown() + (f"\n\n⚠ {warning}" if warning else "")
 
     def compare(path: str | None, names: list[str]):
         if not names:
@@ -221,7 +245,7 @@ def build_demo(
         for name in names:
             labels, heatmap = by_name[name].predict(image)
             top = max(labels, key=labels.get)
-            gallery.append((heatmap, f"{name}: {top} ({labels[top]:.2f})"))
+            gallery.append((overlay_file(heatmap), f"{name}: {top} ({labels[top]:.2f})"))
             lines.append(f"| {name} | {top} | {labels[top]:.3f} |")
         metrics = "\n\n".join(by_name[name].metrics_markdown() for name in names)
         return gallery, "\n".join(lines) + "\n\n" + metrics
