@@ -4,8 +4,9 @@
 
 The recipe: check everything and refuse a budget too small to try every strategy once (nothing is written before);
 search on the validation split with Optuna (successive halving over complete schedules of growing length, see
-medft_hf/selection/trials.py); train the chosen configuration for the full --num_train_epochs on as many seeds as
-the budget allows, evaluating the test split once per final run; write the ranking and link `model/` to seed 0.
+medft_hf/selection/trials.py); choose by the one-standard-error rule (medft_hf/selection/ranking.py); train the
+chosen configuration for the full --num_train_epochs on as many seeds as the budget allows, evaluating the test split
+once per final run; write the ranking and link `model/` to seed 0.
 Any other flag is a train.py flag: passed, it is fixed for every run; a searched one (--learning_rate,
 --augmentation, --sp_alpha, --ft_learning_rate) is then not searched.
 """
@@ -33,6 +34,7 @@ from .selection import ranking as ranking_lib
 from .selection.budget import Budget, Plan, plan
 from .selection.space import SearchSpace, flags_of
 from .selection.storage import (
+    ended,
     open_storage,
     open_study,
     requeue_interrupted,
@@ -46,6 +48,7 @@ from .train import DataArguments, HelpFormatter, MedftTrainingArguments, ModelAr
 
 logger = logging.getLogger("medft_hf")
 # Set by the search for every run, so not flags a user may pass.
+TRIALS = "trials"  # the search's runs, a folder each, inside --output_dir
 SEARCH_OWNS = ("strategy", "seed", "output_dir", "skip_test", "resume_from_checkpoint", "overwrite_output_dir")
 
 
@@ -70,6 +73,14 @@ class SelectArguments:
     )  # fmt: skip
     reduction_factor: int = field(
         default=3, metadata={"help": "Successive halving's η: each rung is η times longer and keeps 1/η of trials."}
+    )
+    tie_break: str = field(
+        default="defaults",
+        metadata={
+            "help": "Configurations within one standard error of the best validation score cannot be told apart on "
+            "validation: 'defaults' keeps the best of them with the default augmentation, 'score' the best.",
+            "choices": list(ranking_lib.TIE_BREAKS),
+        },
     )
 
 
@@ -110,8 +121,8 @@ def select(args: SelectArguments, flags: dict[str, Any]) -> Selection:
     _search(study, space, split, base, output_dir)
     wait_for_other_workers(study)
 
-    trials = ranking_lib.records(study, space)
-    choice = ranking_lib.choose(trials, final_epochs)
+    trials = ranking_lib.records(study, space, output_dir / TRIALS)
+    choice = ranking_lib.choose(trials, final_epochs, args.tie_break)
     search_used = spent(study, budget.unit)
     measured = seconds_per_epoch(study, split.seconds_per_epoch)
     final = _train_final(choice.trial, split, budget.amount - search_used, measured, base, output_dir, args.seeds)
@@ -145,7 +156,8 @@ def _probe(budget: Budget, space: SearchSpace, base: dict[str, Any]) -> float:
 
 
 def _search(study: optuna.Study, space: SearchSpace, split: Plan, base: dict[str, Any], output_dir: Path) -> None:
-    """Run trials until the search budget cannot pay for another first rung; a bar shows the budget and the best."""
+    """Run trials until the search budget cannot pay for another first rung, or a trial's next rung did not fit (the
+    search has ended: see storage.ENDED_AT); a bar shows the budget and the best."""
     unit = split.budget.unit
     bar = tqdm(total=round(split.search_budget, 1), unit="ep" if unit == "epochs" else "s", desc="medft-select")
 
@@ -158,20 +170,20 @@ def _search(study: optuna.Study, space: SearchSpace, split: Plan, base: dict[str
                                 f"{best.intermediate_values[best.last_step]:.4f}")  # fmt: skip
         bar.refresh()
 
-    def first_rung_fits() -> bool:
+    def another_trial_fits() -> bool:
         cost = split.budget.cost(space.rungs[0], seconds_per_epoch(study, split.seconds_per_epoch))
-        return spent(study, unit) + cost <= split.search_budget + 1e-9
+        return spent(study, unit) + cost <= split.search_budget + 1e-9 and not ended(study, split.search_budget)
 
     def after_trial(study: optuna.Study, _) -> None:
         refresh()
-        if not first_rung_fits():
+        if not another_trial_fits():
             study.stop()
 
-    objective = Objective(space, split, base, output_dir / "trials", refresh)
+    objective = Objective(space, split, base, output_dir / TRIALS, refresh)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with bar:  # closed also when interrupted, so a rerun's bar starts on a clean line
         refresh()
-        if first_rung_fits():
+        if another_trial_fits():
             study.optimize(objective, callbacks=[after_trial], gc_after_trial=True)
 
 

@@ -13,7 +13,7 @@ from scipy.special import softmax
 from test_train import train
 
 from medft_hf.losses import inverse_frequency_weights, weighted_cross_entropy
-from medft_hf.metrics import compute_classification_metrics, youden_threshold
+from medft_hf.metrics import balanced_accuracy_standard_error, compute_classification_metrics, youden_threshold
 
 
 def random_predictions(num_classes: int, count: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +86,19 @@ def test_youden_threshold_maximises_sensitivity_plus_specificity():
         ),
     )
     assert youden_threshold(logits, labels, positive_label=1) == pytest.approx(best)
+
+
+def test_the_balanced_accuracy_standard_error_is_the_spread_of_repeated_validations():
+    """Validation sets drawn again and again with the same class sizes and the same per-class recalls: the balanced
+    accuracy's standard deviation over them is the standard error computed from one confusion matrix."""
+    # class 2 has no images: left out, as the balanced accuracy leaves it out
+    confusion = [[131, 4, 0, 0], [6, 40, 0, 4], [0, 0, 0, 0], [2, 3, 0, 25]]
+    rng = np.random.default_rng(0)
+    counts = np.array([135, 50, 30])
+    recalls = np.array([131 / 135, 40 / 50, 25 / 30])
+    repeated = (rng.binomial(counts, recalls, size=(200_000, 3)) / counts).mean(axis=1)
+    assert balanced_accuracy_standard_error(confusion) == pytest.approx(repeated.std(), rel=0.01)
+    assert balanced_accuracy_standard_error([[135, 0], [0, 135]]) == 0.0, "a perfect score has no binomial spread"
 
 
 def test_bootstrap_intervals_match_an_independent_percentile_bootstrap():

@@ -15,9 +15,11 @@ import pytest
 from medft_hf import select as select_lib
 from medft_hf.errors import MedftError
 from medft_hf.hub import model_card
+from medft_hf.metrics import balanced_accuracy_standard_error
 from medft_hf.results import RunResult
 from medft_hf.selection import trials as trials_lib
 from medft_hf.selection.budget import Budget
+from medft_hf.selection.ranking import TrialRecord, choose
 from medft_hf.selection.space import rung_epochs
 from medft_hf.selection.storage import STUDY_NAME
 
@@ -64,6 +66,38 @@ def test_budget_and_rungs():
     assert rung_epochs(2, 2, 3) == [2]
 
 
+def record(number: int, scores: dict[int, float], augmentation: str, error: float = 0.0103) -> TrialRecord:
+    return TrialRecord(number, "complete", {"strategy": "ft", "learning_rate": 1e-3, "augmentation": augmentation},
+                       scores, sum(scores), 1.0, f"{number:03d}-ft", standard_error=error)  # fmt: skip
+
+
+def test_validation_ties_go_to_the_default_augmentation():
+    # PneumoniaMNIST's search: 270 validation images, the top configurations within 0.01 of each other
+    trials = [record(15, {2: 0.95, 8: 0.9704}, "none"), record(10, {2: 0.95, 8: 0.9667}, "light"),
+              record(17, {2: 0.94, 8: 0.9630}, "none"), record(5, {2: 0.99}, "light")]  # fmt: skip
+    choice = choose(trials, final_epochs=8)
+    assert choice.trial.number == 10 and choice.tied == [15, 10, 17]
+    assert "3 of the 3 configurations trained 8 epochs score within one standard error (0.0103)" in choice.reason
+    assert "default augmentation" in choice.reason
+    assert choose(trials, final_epochs=8, tie_break="score").trial.number == 15
+
+
+@pytest.mark.parametrize(
+    ("runner_up", "error", "reason"),
+    [(0.9500, 0.0103, "highest validation balanced accuracy (0.9704) at 8 epochs among the 2"),  # beyond the error
+     (0.9667, None, "highest validation balanced accuracy"),  # no confusion matrix: no error known, no ties
+     (0.9667, 0.0, "highest validation balanced accuracy")],  # a perfect validation score has no binomial spread
+)  # fmt: skip
+def test_the_best_score_is_kept_when_nothing_is_tied_with_it(runner_up, error, reason):
+    choice = choose([record(15, {8: 0.9704}, "none", error), record(10, {8: runner_up}, "light", error)], 8)
+    assert choice.trial.number == 15 and choice.tied == [15] and choice.reason.startswith(reason)
+
+
+def test_among_ties_without_the_default_augmentation_the_best_is_kept():
+    choice = choose([record(15, {8: 0.9704}, "none"), record(16, {8: 0.9667}, "rrc")], 8)
+    assert choice.trial.number == 15 and choice.tied == [15, 16] and choice.reason.endswith("the best is kept.")
+
+
 def test_tiny_search_writes_ranking_and_final_model(tiny_model, tiny_dataset, tmp_path):
     output_dir = tmp_path / "search"
     selection = search(tiny_model, tiny_dataset, output_dir)
@@ -78,10 +112,17 @@ def test_tiny_search_writes_ranking_and_final_model(tiny_model, tiny_dataset, tm
             assert result.num_train_epochs == int(epochs)
             assert result.validation["balanced_accuracy"] == score
             assert result.test is None
+        # the standard error is the one of the score at the trial's longest rung
+        top = RunResult.load(output_dir / "trials" / trial["folder"] / f"e{max(map(int, trial['scores']))}")
+        assert trial["standard_error"] == pytest.approx(
+            balanced_accuracy_standard_error(top.validation["confusion_matrix"]), abs=1e-6
+        )
     # the budget: trials' epochs and the final run's add up to at most 8
     assert sum(t["epochs"] for t in trials) + 2 * ranking["budget"]["final_seeds"] <= 8
-    assert ranking["trials"][0]["number"] == ranking["choice"]["trial"]["number"]
-    assert "highest validation balanced accuracy" in ranking["choice"]["reason"]
+    tied = ranking["choice"]["tied"]
+    assert tied[0] == ranking["trials"][0]["number"], "ties are counted from the best validation score"
+    usual = [t["number"] for t in trials if t["number"] in tied and t["configuration"]["augmentation"] == "light"]
+    assert ranking["choice"]["trial"]["number"] == (usual or tied)[0]
     # the final model: train.py's layout, the chosen configuration at the full epochs, tested once
     model = RunResult.load(selection.model_dir)
     chosen = ranking["choice"]["trial"]["configuration"]
@@ -131,6 +172,21 @@ def test_rerun_after_interruption_repeats_no_finished_run(tiny_model, tiny_datas
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") == failed[0].number]
     assert len(retry) == 1 and retry[0].params == failed[0].params
     assert retry[0].user_attrs["folder"] == failed[0].user_attrs["folder"]
+
+
+def test_a_search_ended_by_its_budget_trains_nothing_more_run_again(tiny_model, tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: False)  # every trial goes on to the next rung
+    output_dir = tmp_path / "search"
+    # 7 epochs: 2 for the final run, 5 for the search: ft at 1 and 2 epochs, lp at 1; lp's 2 epochs do not fit
+    search(tiny_model, tiny_dataset, output_dir, budget="7ep")
+    assert [t.user_attrs.get("stopped") for t in study_of(output_dir).trials] == [None, "budget"]
+    finished = run_folders(output_dir)
+    # The epoch left would pay for a new trial's first rung, but it could never reach the longest rung, so never be
+    # chosen: the same command again trains nothing.
+    search(tiny_model, tiny_dataset, output_dir, budget="7ep")
+    assert run_folders(output_dir) == finished and len(study_of(output_dir).trials) == 2
+    search(tiny_model, tiny_dataset, output_dir, budget="8ep")  # a larger budget goes on
+    assert len(study_of(output_dir).trials) == 3
 
 
 def test_two_workers_share_one_database_and_run_no_trial_twice(tiny_model, tiny_dataset, tmp_path):

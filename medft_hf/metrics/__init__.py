@@ -46,6 +46,17 @@ def per_image_outputs(logits: np.ndarray, labels: np.ndarray) -> dict[str, list]
     return {"labels": np.asarray(labels).astype(int).tolist(), "probabilities": probabilities}
 
 
+def balanced_accuracy_standard_error(confusion_matrix: list[list[int]]) -> float:
+    """The standard error of a balanced accuracy: the mean of the per-class recalls, each a binomial proportion over
+    its class's images (normal approximation, classes independent; classes without images left out, as the
+    score leaves them out). It says how far two scores on the same few images can differ by chance alone."""
+    matrix = np.asarray(confusion_matrix, dtype=np.float64)
+    counts = matrix.sum(axis=1)
+    present = counts > 0
+    recalls = np.diag(matrix)[present] / counts[present]
+    return float(np.sqrt(np.sum(recalls * (1 - recalls) / counts[present])) / present.sum())
+
+
 def youden_threshold(logits: np.ndarray, labels: np.ndarray, positive_label: int) -> float:
     """The probability threshold on the positive class that maximises sensitivity + specificity − 1 (Youden's J)
     on these (validation) images; applied unchanged to the test split."""

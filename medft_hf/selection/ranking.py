@@ -1,5 +1,11 @@
 """The search's outcome as people and scripts read it: every trial with its validation score at each rung and the
-budget it used, the configuration chosen and why, and the final runs' test scores."""
+budget it used, the configuration chosen and why, and the final runs' test scores.
+
+The choice follows the one-standard-error rule (Hastie, Tibshirani & Friedman, The Elements of Statistical Learning,
+7.10): configurations whose validation score lies within one standard error of the best one's cannot be told apart
+on that validation split, and among them the one that departs least from the library's defaults is kept, here the
+one with the default augmentation. Departing from a default should take evidence beyond the noise of a few hundred
+validation images."""
 
 from __future__ import annotations
 
@@ -11,12 +17,15 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from ..data import DEFAULT_AUGMENTATION
 from ..errors import MedftError
-from ..results import RunResult, write_json_atomic
+from ..metrics import balanced_accuracy_standard_error
+from ..results import RESULTS_FILE, RunResult, write_json_atomic
 from .space import SearchSpace, flags_of
 from .storage import EPOCHS, ERROR, RETRY_OF, SECONDS, first_number
 
 RANKING_JSON, RANKING_MD = "ranking.json", "ranking.md"
+TIE_BREAKS = ("defaults", "score")  # among configurations validation cannot tell apart: see the module's docstring
 
 
 @dataclass
@@ -29,6 +38,7 @@ class TrialRecord:
     seconds: float
     folder: str | None
     note: str = ""
+    standard_error: float | None = None  # of the score at the longest rung, from that run's validation confusion matrix
 
     @property
     def top(self) -> tuple[int, float]:
@@ -41,6 +51,7 @@ class TrialRecord:
 class Choice:
     trial: TrialRecord
     reason: str
+    tied: list[int] = field(default_factory=list)  # trials within one standard error of the best score, best first
 
 
 @dataclass
@@ -51,26 +62,33 @@ class Ranking:
     final: list[dict[str, Any]] = field(default_factory=list)  # per seed: folder and test metrics
 
 
-def records(study: optuna.Study, space: SearchSpace) -> list[TrialRecord]:
+def records(study: optuna.Study, space: SearchSpace, trials_dir: Path) -> list[TrialRecord]:
     """Every trial, best first: longest rung reached, then the score there; trials without a score last."""
     epochs_at_step = {space.pruning_step(k): epochs for k, epochs in enumerate(space.rungs)}
     rows = []
     for trial in study.get_trials(deepcopy=False):
         if trial.state in (TrialState.WAITING, TrialState.RUNNING):
             continue
-        rows.append(
-            TrialRecord(
-                number=trial.number,
-                state=trial.state.name.lower(),
-                configuration=flags_of(trial.params),
-                scores={epochs_at_step[step]: value for step, value in trial.intermediate_values.items()},
-                epochs=trial.user_attrs.get(EPOCHS, 0),
-                seconds=round(trial.user_attrs.get(SECONDS, 0.0), 1),
-                folder=trial.user_attrs.get("folder"),
-                note=_note(trial, study),
-            )
+        record = TrialRecord(
+            number=trial.number,
+            state=trial.state.name.lower(),
+            configuration=flags_of(trial.params),
+            scores={epochs_at_step[step]: value for step, value in trial.intermediate_values.items()},
+            epochs=trial.user_attrs.get(EPOCHS, 0),
+            seconds=round(trial.user_attrs.get(SECONDS, 0.0), 1),
+            folder=trial.user_attrs.get("folder"),
+            note=_note(trial, study),
         )
+        if record.scores and record.folder:
+            record.standard_error = _standard_error(trials_dir / record.folder / f"e{record.top[0]}")
+        rows.append(record)
     return sorted(rows, key=lambda r: (*r.top, -r.number) if r.scores else (-1, 0.0, -r.number), reverse=True)
+
+
+def _standard_error(run: Path) -> float | None:
+    validation = RunResult.load(run).validation if (run / RESULTS_FILE).is_file() else {}
+    matrix = validation.get("confusion_matrix")
+    return round(balanced_accuracy_standard_error(matrix), 6) if matrix else None
 
 
 def _note(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> str:
@@ -87,24 +105,46 @@ def _note(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> str:
     return ""
 
 
-def choose(trials: list[TrialRecord], final_epochs: int) -> Choice:
-    """The best validation score among the configurations that reached the longest rung any reached."""
+def choose(trials: list[TrialRecord], final_epochs: int, tie_break: str = "defaults") -> Choice:
+    """Among the configurations that reached the longest rung any reached: the best validation score, or with
+    `tie_break` "defaults", of those within one standard error of it, the best with the default augmentation."""
     scored = [t for t in trials if t.scores and t.state != "fail"]
     if not scored:
         raise MedftError("no trial finished a run: nothing to choose from (see the trials' folders for errors).")
     best = scored[0]
     epochs, score = best.top
     rivals = [t for t in scored[1:] if t.top[0] == epochs]
-    reason = (
-        f"highest validation balanced accuracy ({score:.4f}) at {epochs} epochs among the {len(rivals) + 1} "
-        f"configurations trained that long"
-    )
-    if rivals:
-        runner_up = rivals[0]
-        reason += f"; next: trial {runner_up.number} ({runner_up.configuration['strategy']}, {runner_up.top[1]:.4f})"
+    tied = [best, *(t for t in rivals if t.top[1] >= score - (best.standard_error or 0.0))]
+    chosen = best
+    if len(tied) == 1:
+        reason = (
+            f"highest validation balanced accuracy ({score:.4f}) at {epochs} epochs among the {len(rivals) + 1} "
+            "configurations trained that long"
+        )
+        if rivals:
+            runner_up = rivals[0]
+            strategy = runner_up.configuration["strategy"]
+            reason += f"; next: trial {runner_up.number} ({strategy}, {runner_up.top[1]:.4f})"
+    else:
+        reason = (
+            f"{len(tied)} of the {len(rivals) + 1} configurations trained {epochs} epochs score within one standard "
+            f"error ({best.standard_error:.4f}) of the best validation balanced accuracy ({score:.4f}, trial "
+            f"{best.number}), so validation cannot tell them apart"
+        )
+        usual = [t for t in tied if _augmentation(t) == DEFAULT_AUGMENTATION]
+        if tie_break == "defaults" and usual and usual[0] is not best:
+            chosen = usual[0]
+            reason += f"; of those, the best with the default augmentation, {DEFAULT_AUGMENTATION}, is kept"
+        else:
+            reason += "; the best is kept"
     if epochs < final_epochs:
         reason += f". No configuration reached the full {final_epochs} epochs within the search budget"
-    return Choice(best, reason + ".")
+    return Choice(chosen, reason + ".", [t.number for t in tied])
+
+
+def _augmentation(trial: TrialRecord) -> str:
+    """The trial's augmentation (one the user fixed is the same for every trial, so it decides nothing)."""
+    return trial.configuration.get("augmentation", DEFAULT_AUGMENTATION)
 
 
 def final_rows(results: list[tuple[Path, RunResult]], output_dir: Path) -> list[dict[str, Any]]:
@@ -153,9 +193,11 @@ def markdown(ranking: Ranking) -> str:
     ]
     for rank, t in enumerate(ranking.trials, 1):
         scores = " | ".join(f"{t.scores[e]:.4f}" if e in t.scores else "" for e in rungs)
+        tied = t.number in ranking.choice.tied[1:]
+        note = "; ".join(filter(None, ["within one standard error of the best" if tied else "", t.note]))
         lines.append(
             f"| {rank} | {t.number} | `{_configuration(t.configuration)}` | {scores} | {t.epochs} | {t.seconds:.0f} "
-            f"| {t.note} |"
+            f"| {note} |"
         )
     return "\n".join(lines) + "\n"
 

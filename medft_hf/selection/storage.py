@@ -27,6 +27,9 @@ RETRY_OF = "retry_of"  # the first number of a trial queued again
 ERROR = "error"  # the trial raised: not retried
 EPOCHS, SECONDS = "epochs", "seconds"  # training this trial did (runs it reused from an earlier try cost nothing)
 CLAIM = "claim"  # the budget of the rung run in progress, so that other workers count it before it ends
+# Study user attribute: the search budget at which a trial's next rung did not fit. The search ends there, also for a
+# rerun of the same command: trials started after it could never reach the longest rung, so never be chosen.
+ENDED_AT = "ended_at_budget"
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -104,6 +107,11 @@ def spent(study: optuna.Study, unit: str) -> float:
     trials = study.get_trials(deepcopy=False)
     used = sum(t.user_attrs.get(EPOCHS if unit == "epochs" else SECONDS, 0.0) for t in trials)
     return used + sum(t.user_attrs.get(CLAIM, 0.0) for t in trials if t.state == TrialState.RUNNING)
+
+
+def ended(study: optuna.Study, search_budget: float) -> bool:
+    """Whether the search ended at this budget (a larger --budget goes on)."""
+    return study.user_attrs.get(ENDED_AT, float("-inf")) >= search_budget - 1e-9
 
 
 def seconds_per_epoch(study: optuna.Study, fallback: float) -> float:

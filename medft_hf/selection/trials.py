@@ -23,7 +23,7 @@ from ..study import cell_lock, clean_checkpoints
 from ..train import parse_dict, run
 from .budget import Plan
 from .space import SearchSpace
-from .storage import CLAIM, EPOCHS, ERROR, POLL_S, SECONDS, first_number, seconds_per_epoch, spent
+from .storage import CLAIM, ENDED_AT, EPOCHS, ERROR, POLL_S, SECONDS, first_number, seconds_per_epoch, spent
 
 OBJECTIVE = "balanced_accuracy"  # of the validation split, at the run's best epoch
 
@@ -82,6 +82,7 @@ class Objective:
             cost = budget.cost(epochs, seconds_per_epoch(study, self.plan.seconds_per_epoch))
             if spent(study, budget.unit) + cost > self.plan.search_budget + 1e-9:
                 trial.set_user_attr("stopped", "budget")
+                study.set_user_attr(ENDED_AT, self.plan.search_budget)
                 study.stop()
                 raise optuna.TrialPruned(f"rung of {epochs} epochs does not fit the budget left")
             trial.set_user_attr(CLAIM, cost)
