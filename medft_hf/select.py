@@ -37,6 +37,7 @@ from .selection.storage import (
     ended,
     open_storage,
     open_study,
+    queued,
     requeue_interrupted,
     seconds_per_epoch,
     spent,
@@ -157,7 +158,7 @@ def _probe(budget: Budget, space: SearchSpace, base: dict[str, Any]) -> float:
 
 def _search(study: optuna.Study, space: SearchSpace, split: Plan, base: dict[str, Any], output_dir: Path) -> None:
     """Run trials until the search budget cannot pay for another first rung, or a trial's next rung did not fit (the
-    search has ended: see storage.ENDED_AT); a bar shows the budget and the best."""
+    search has ended there: see storage.ENDED_AT); a bar shows the budget and the best."""
     unit = split.budget.unit
     bar = tqdm(total=round(split.search_budget, 1), unit="ep" if unit == "epochs" else "s", desc="medft-select")
 
@@ -171,8 +172,12 @@ def _search(study: optuna.Study, space: SearchSpace, split: Plan, base: dict[str
         bar.refresh()
 
     def another_trial_fits() -> bool:
+        """An interrupted trial queued again always continues (each of its rungs is still checked against the
+        budget); a new one only if its first rung fits and the search has not ended."""
+        if queued(study):
+            return True
         cost = split.budget.cost(space.rungs[0], seconds_per_epoch(study, split.seconds_per_epoch))
-        return spent(study, unit) + cost <= split.search_budget + 1e-9 and not ended(study, split.search_budget)
+        return spent(study, unit) + cost <= split.search_budget + 1e-9 and not ended(study, split.budget)
 
     def after_trial(study: optuna.Study, _) -> None:
         refresh()

@@ -89,16 +89,17 @@ def test_youden_threshold_maximises_sensitivity_plus_specificity():
 
 
 def test_the_balanced_accuracy_standard_error_is_the_spread_of_repeated_validations():
-    """Validation sets drawn again and again with the same class sizes and the same per-class recalls: the balanced
-    accuracy's standard deviation over them is the standard error computed from one confusion matrix."""
+    """Validation sets drawn again and again with the same class sizes, each class's images correct with the
+    (smoothed) recall of one confusion matrix: the standard deviation of their balanced accuracies is the standard
+    error computed from that matrix."""
     # class 2 has no images: left out, as the balanced accuracy leaves it out
     confusion = [[131, 4, 0, 0], [6, 40, 0, 4], [0, 0, 0, 0], [2, 3, 0, 25]]
-    rng = np.random.default_rng(0)
     counts = np.array([135, 50, 30])
-    recalls = np.array([131 / 135, 40 / 50, 25 / 30])
-    repeated = (rng.binomial(counts, recalls, size=(200_000, 3)) / counts).mean(axis=1)
+    recalls = (np.array([131, 40, 25]) + 1) / (counts + 2)
+    repeated = (np.random.default_rng(0).binomial(counts, recalls, size=(200_000, 3)) / counts).mean(axis=1)
     assert balanced_accuracy_standard_error(confusion) == pytest.approx(repeated.std(), rel=0.01)
-    assert balanced_accuracy_standard_error([[135, 0], [0, 135]]) == 0.0, "a perfect score has no binomial spread"
+    # a perfect score on 2 x 30 images still has an error, of the order of one image (1/60 of the score)
+    assert 1 / 60 < balanced_accuracy_standard_error([[30, 0], [0, 30]]) < 2 / 60
 
 
 def test_bootstrap_intervals_match_an_independent_percentile_bootstrap():

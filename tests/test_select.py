@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -21,7 +22,7 @@ from medft_hf.selection import trials as trials_lib
 from medft_hf.selection.budget import Budget
 from medft_hf.selection.ranking import TrialRecord, choose
 from medft_hf.selection.space import rung_epochs
-from medft_hf.selection.storage import STUDY_NAME
+from medft_hf.selection.storage import ENDED_AT, STUDY_NAME, ended, requeue
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,30 +73,40 @@ def record(number: int, scores: dict[int, float], augmentation: str, error: floa
 
 
 def test_validation_ties_go_to_the_default_augmentation():
-    # PneumoniaMNIST's search: 270 validation images, the top configurations within 0.01 of each other
-    trials = [record(15, {2: 0.95, 8: 0.9704}, "none"), record(10, {2: 0.95, 8: 0.9667}, "light"),
-              record(17, {2: 0.94, 8: 0.9630}, "none"), record(5, {2: 0.99}, "light")]  # fmt: skip
+    # PneumoniaMNIST's search: 270 validation images, the top configurations within 0.01 of each other; given out
+    # of order, as choose() must not rely on it
+    trials = [record(10, {2: 0.95, 8: 0.9667}, "light"), record(15, {2: 0.95, 8: 0.9704}, "none"),
+              record(17, {2: 0.94, 8: 0.9630}, "none"), record(5, {2: 0.99}, "light"),
+              record(20, {2: 0.90, 8: 0.9590}, "light")]  # fmt: skip
     choice = choose(trials, final_epochs=8)
     assert choice.trial.number == 10 and choice.tied == [15, 10, 17]
-    assert "3 of the 3 configurations trained 8 epochs score within one standard error (0.0103)" in choice.reason
-    assert "default augmentation" in choice.reason
-    assert choose(trials, final_epochs=8, tie_break="score").trial.number == 15
+    assert "3 of the 4 configurations trained 8 epochs score within one standard error (0.0103)" in choice.reason
+    assert "the best with the default augmentation (light) is kept: trial 10 (0.9667)" in choice.reason
+    by_score = choose(trials, final_epochs=8, tie_break="score")
+    assert by_score.trial.number == 15 and by_score.reason.endswith("the best score is kept (--tie_break score).")
 
 
 @pytest.mark.parametrize(
-    ("runner_up", "error", "reason"),
-    [(0.9500, 0.0103, "highest validation balanced accuracy (0.9704) at 8 epochs among the 2"),  # beyond the error
-     (0.9667, None, "highest validation balanced accuracy"),  # no confusion matrix: no error known, no ties
-     (0.9667, 0.0, "highest validation balanced accuracy")],  # a perfect validation score has no binomial spread
+    ("runner_up", "error", "chosen", "tied", "reason"),
+    [(0.9500, 0.0103, 15, [15], "highest validation balanced accuracy (0.9704) at 8 epochs among the 2"),
+     # no confusion matrix, so no error known: only an equal score ties (to the last bit; the earlier trial first)
+     (0.9704, None, 10, [10, 15], "2 of the 2 configurations trained 8 epochs score within one standard error"),
+     (0.9704 - 1e-16, 0.0, 10, [15, 10], "2 of the 2"),
+     (0.9667, None, 15, [15], "highest validation balanced accuracy")],
 )  # fmt: skip
-def test_the_best_score_is_kept_when_nothing_is_tied_with_it(runner_up, error, reason):
+def test_only_scores_within_the_error_are_tied(runner_up, error, chosen, tied, reason):
     choice = choose([record(15, {8: 0.9704}, "none", error), record(10, {8: runner_up}, "light", error)], 8)
-    assert choice.trial.number == 15 and choice.tied == [15] and choice.reason.startswith(reason)
+    assert choice.trial.number == chosen and choice.tied == tied and choice.reason.startswith(reason)
 
 
-def test_among_ties_without_the_default_augmentation_the_best_is_kept():
-    choice = choose([record(15, {8: 0.9704}, "none"), record(16, {8: 0.9667}, "rrc")], 8)
-    assert choice.trial.number == 15 and choice.tied == [15, 16] and choice.reason.endswith("the best is kept.")
+@pytest.mark.parametrize(
+    ("augmentations", "ending"),
+    [(("none", "rrc"), "none of them uses the default augmentation (light), so the best is kept."),
+     (("light", "none"), "the best with the default augmentation (light) is kept, the best itself.")],
+)  # fmt: skip
+def test_ties_keep_the_best_when_it_has_the_default_augmentation_or_none_has(augmentations, ending):
+    choice = choose([record(15, {8: 0.9704}, augmentations[0]), record(16, {8: 0.9667}, augmentations[1])], 8)
+    assert choice.trial.number == 15 and choice.tied == [15, 16] and choice.reason.endswith(ending)
 
 
 def test_tiny_search_writes_ranking_and_final_model(tiny_model, tiny_dataset, tmp_path):
@@ -119,10 +130,7 @@ def test_tiny_search_writes_ranking_and_final_model(tiny_model, tiny_dataset, tm
         )
     # the budget: trials' epochs and the final run's add up to at most 8
     assert sum(t["epochs"] for t in trials) + 2 * ranking["budget"]["final_seeds"] <= 8
-    tied = ranking["choice"]["tied"]
-    assert tied[0] == ranking["trials"][0]["number"], "ties are counted from the best validation score"
-    usual = [t["number"] for t in trials if t["number"] in tied and t["configuration"]["augmentation"] == "light"]
-    assert ranking["choice"]["trial"]["number"] == (usual or tied)[0]
+    assert ranking["choice"]["trial"]["number"] in ranking["choice"]["tied"]
     # the final model: train.py's layout, the chosen configuration at the full epochs, tested once
     model = RunResult.load(selection.model_dir)
     chosen = ranking["choice"]["trial"]["configuration"]
@@ -185,8 +193,21 @@ def test_a_search_ended_by_its_budget_trains_nothing_more_run_again(tiny_model, 
     # chosen: the same command again trains nothing.
     search(tiny_model, tiny_dataset, output_dir, budget="7ep")
     assert run_folders(output_dir) == finished and len(study_of(output_dir).trials) == 2
+    # a trial queued again (its worker died) still runs: here it finds its runs finished and reads them back
+    requeue(study_of(output_dir), study_of(output_dir).trials[0])
+    search(tiny_model, tiny_dataset, output_dir, budget="7ep")
+    assert run_folders(output_dir) == finished and study_of(output_dir).trials[-1].state.name == "COMPLETE"
     search(tiny_model, tiny_dataset, output_dir, budget="8ep")  # a larger budget goes on
-    assert len(study_of(output_dir).trials) == 3
+    assert len(study_of(output_dir).trials) == 4
+
+
+@pytest.mark.parametrize(
+    ("budget", "ended_then"), [("7ep", True), ("6ep", True), ("8ep", False), ("2h", False)]
+)  # fmt: skip
+def test_a_search_ended_at_a_budget_stays_ended_up_to_that_budget_in_its_unit(budget, ended_then):
+    study = SimpleNamespace(user_attrs={ENDED_AT: {"amount": 7.0, "unit": "epochs"}})
+    assert ended(study, Budget.parse(budget)) == ended_then
+    assert not ended(SimpleNamespace(user_attrs={}), Budget.parse(budget))
 
 
 def test_two_workers_share_one_database_and_run_no_trial_twice(tiny_model, tiny_dataset, tmp_path):

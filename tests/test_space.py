@@ -272,7 +272,7 @@ def test_concurrent_requests_get_the_heatmaps_of_sequential_ones(breastmnist_mod
 
 def test_an_overlay_file_is_written_once_and_never_rewritten(tmp_path, monkeypatch):
     app = _app()
-    monkeypatch.setattr(app, "OVERLAYS", tmp_path)
+    monkeypatch.setattr(app, "overlay_folder", lambda: tmp_path)
     overlay = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
     path = app.overlay_file(overlay)
     np.testing.assert_array_equal(np.asarray(Image.open(path)), overlay)

@@ -48,12 +48,14 @@ def per_image_outputs(logits: np.ndarray, labels: np.ndarray) -> dict[str, list]
 
 def balanced_accuracy_standard_error(confusion_matrix: list[list[int]]) -> float:
     """The standard error of a balanced accuracy: the mean of the per-class recalls, each a binomial proportion over
-    its class's images (normal approximation, classes independent; classes without images left out, as the
-    score leaves them out). It says how far two scores on the same few images can differ by chance alone."""
+    its class's images (normal approximation, classes independent; classes without images left out, as the score
+    leaves them out). Each recall enters its variance smoothed as (correct + 1) / (images + 2), so that a class
+    scored perfectly on a few images still counts as uncertain. It says how far two scores on the same few images
+    can differ by chance alone."""
     matrix = np.asarray(confusion_matrix, dtype=np.float64)
     counts = matrix.sum(axis=1)
     present = counts > 0
-    recalls = np.diag(matrix)[present] / counts[present]
+    recalls = (np.diag(matrix)[present] + 1) / (counts[present] + 2)
     return float(np.sqrt(np.sum(recalls * (1 - recalls) / counts[present])) / present.sum())
 
 

@@ -82,7 +82,7 @@ def records(study: optuna.Study, space: SearchSpace, trials_dir: Path) -> list[T
         if record.scores and record.folder:
             record.standard_error = _standard_error(trials_dir / record.folder / f"e{record.top[0]}")
         rows.append(record)
-    return sorted(rows, key=lambda r: (*r.top, -r.number) if r.scores else (-1, 0.0, -r.number), reverse=True)
+    return sorted(rows, key=lambda r: _rank(r) if r.scores else (-1, 0.0, -r.number), reverse=True)
 
 
 def _standard_error(run: Path) -> float | None:
@@ -108,13 +108,15 @@ def _note(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> str:
 def choose(trials: list[TrialRecord], final_epochs: int, tie_break: str = "defaults") -> Choice:
     """Among the configurations that reached the longest rung any reached: the best validation score, or with
     `tie_break` "defaults", of those within one standard error of it, the best with the default augmentation."""
-    scored = [t for t in trials if t.scores and t.state != "fail"]
+    scored = sorted((t for t in trials if t.scores and t.state != "fail"), key=_rank, reverse=True)
     if not scored:
         raise MedftError("no trial finished a run: nothing to choose from (see the trials' folders for errors).")
-    best = scored[0]
+    best, rivals = scored[0], scored[1:]
     epochs, score = best.top
-    rivals = [t for t in scored[1:] if t.top[0] == epochs]
-    tied = [best, *(t for t in rivals if t.top[1] >= score - (best.standard_error or 0.0))]
+    rivals = [t for t in rivals if t.top[0] == epochs]
+    error = best.standard_error or 0.0
+    # the tolerance: equal balanced accuracies computed in another order differ in the last bit
+    tied = [best, *(t for t in rivals if t.top[1] >= score - error - 1e-9)]
     chosen = best
     if len(tied) == 1:
         reason = (
@@ -128,18 +130,27 @@ def choose(trials: list[TrialRecord], final_epochs: int, tie_break: str = "defau
     else:
         reason = (
             f"{len(tied)} of the {len(rivals) + 1} configurations trained {epochs} epochs score within one standard "
-            f"error ({best.standard_error:.4f}) of the best validation balanced accuracy ({score:.4f}, trial "
-            f"{best.number}), so validation cannot tell them apart"
+            f"error ({error:.4f}) of the best validation balanced accuracy ({score:.4f}, trial {best.number}), so "
+            "validation cannot tell them apart"
         )
         usual = [t for t in tied if _augmentation(t) == DEFAULT_AUGMENTATION]
-        if tie_break == "defaults" and usual and usual[0] is not best:
-            chosen = usual[0]
-            reason += f"; of those, the best with the default augmentation, {DEFAULT_AUGMENTATION}, is kept"
+        if tie_break != "defaults":
+            reason += "; the best score is kept (--tie_break score)"
+        elif not usual:
+            reason += f"; none of them uses the default augmentation ({DEFAULT_AUGMENTATION}), so the best is kept"
         else:
-            reason += "; the best is kept"
+            chosen = usual[0]
+            reason += f"; of those, the best with the default augmentation ({DEFAULT_AUGMENTATION}) is kept" + (
+                f": trial {chosen.number} ({chosen.top[1]:.4f})" if chosen is not best else ", the best itself"
+            )
     if epochs < final_epochs:
         reason += f". No configuration reached the full {final_epochs} epochs within the search budget"
     return Choice(chosen, reason + ".", [t.number for t in tied])
+
+
+def _rank(trial: TrialRecord) -> tuple[int, float, int]:
+    """Longest rung reached, then the score there, then the earlier trial."""
+    return (*trial.top, -trial.number)
 
 
 def _augmentation(trial: TrialRecord) -> str:
@@ -193,13 +204,22 @@ def markdown(ranking: Ranking) -> str:
     ]
     for rank, t in enumerate(ranking.trials, 1):
         scores = " | ".join(f"{t.scores[e]:.4f}" if e in t.scores else "" for e in rungs)
-        tied = t.number in ranking.choice.tied[1:]
-        note = "; ".join(filter(None, ["within one standard error of the best" if tied else "", t.note]))
+        note = "; ".join(filter(None, [_marks(t.number, ranking.choice), t.note]))
         lines.append(
             f"| {rank} | {t.number} | `{_configuration(t.configuration)}` | {scores} | {t.epochs} | {t.seconds:.0f} "
             f"| {note} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _marks(number: int, choice: Choice) -> str:
+    """Which row was trained, which scored best, and which validation could not tell from the best."""
+    marks = ["**chosen**"] if number == choice.trial.number else []
+    if choice.tied and number == choice.tied[0] and number != choice.trial.number:
+        marks.append("best validation score")
+    elif number in choice.tied[1:]:
+        marks.append("within one standard error of the best")
+    return ", ".join(marks)
 
 
 def _configuration(configuration: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import MedftError
+from .budget import Budget
 from .space import SearchSpace
 
 STUDY_NAME = "medft-select"
@@ -27,8 +28,8 @@ RETRY_OF = "retry_of"  # the first number of a trial queued again
 ERROR = "error"  # the trial raised: not retried
 EPOCHS, SECONDS = "epochs", "seconds"  # training this trial did (runs it reused from an earlier try cost nothing)
 CLAIM = "claim"  # the budget of the rung run in progress, so that other workers count it before it ends
-# Study user attribute: the search budget at which a trial's next rung did not fit. The search ends there, also for a
-# rerun of the same command: trials started after it could never reach the longest rung, so never be chosen.
+# Study user attribute: the --budget (amount and unit) at which a trial's next rung did not fit. The search ends there,
+# also when the same command runs again, as it did the first time; a larger --budget goes on.
 ENDED_AT = "ended_at_budget"
 
 
@@ -109,9 +110,20 @@ def spent(study: optuna.Study, unit: str) -> float:
     return used + sum(t.user_attrs.get(CLAIM, 0.0) for t in trials if t.state == TrialState.RUNNING)
 
 
-def ended(study: optuna.Study, search_budget: float) -> bool:
-    """Whether the search ended at this budget (a larger --budget goes on)."""
-    return study.user_attrs.get(ENDED_AT, float("-inf")) >= search_budget - 1e-9
+def end(study: optuna.Study, budget: Budget) -> None:
+    study.set_user_attr(ENDED_AT, {"amount": budget.amount, "unit": budget.unit})
+    study.stop()
+
+
+def ended(study: optuna.Study, budget: Budget) -> bool:
+    """Whether the search ended at this --budget or a larger one of the same unit."""
+    at = study.user_attrs.get(ENDED_AT)
+    return bool(at) and at["unit"] == budget.unit and at["amount"] >= budget.amount - 1e-9
+
+
+def queued(study: optuna.Study) -> bool:
+    """Whether a trial waits to run: an interrupted one queued again (or a starting point not yet taken)."""
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def seconds_per_epoch(study: optuna.Study, fallback: float) -> float:

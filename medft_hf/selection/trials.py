@@ -23,7 +23,7 @@ from ..study import cell_lock, clean_checkpoints
 from ..train import parse_dict, run
 from .budget import Plan
 from .space import SearchSpace
-from .storage import CLAIM, ENDED_AT, EPOCHS, ERROR, POLL_S, SECONDS, first_number, seconds_per_epoch, spent
+from .storage import CLAIM, EPOCHS, ERROR, POLL_S, SECONDS, end, first_number, seconds_per_epoch, spent
 
 OBJECTIVE = "balanced_accuracy"  # of the validation split, at the run's best epoch
 
@@ -79,16 +79,15 @@ class Objective:
         used = {EPOCHS: 0, SECONDS: 0.0}
         score = float("nan")
         for rung, epochs in enumerate(self.space.rungs):
-            cost = budget.cost(epochs, seconds_per_epoch(study, self.plan.seconds_per_epoch))
-            if spent(study, budget.unit) + cost > self.plan.search_budget + 1e-9:
-                trial.set_user_attr("stopped", "budget")
-                study.set_user_attr(ENDED_AT, self.plan.search_budget)
-                study.stop()
-                raise optuna.TrialPruned(f"rung of {epochs} epochs does not fit the budget left")
-            trial.set_user_attr(CLAIM, cost)
-            result, seconds = run_once(
-                trial_flags(self.base_flags, configuration, epochs, seed=0), self.trials_dir / name / f"e{epochs}"
-            )
+            folder = self.trials_dir / name / f"e{epochs}"
+            if not is_finished_run(folder):  # a run an earlier try of this trial finished is read back, for free
+                cost = budget.cost(epochs, seconds_per_epoch(study, self.plan.seconds_per_epoch))
+                if spent(study, budget.unit) + cost > self.plan.search_budget + 1e-9:
+                    trial.set_user_attr("stopped", "budget")
+                    end(study, budget)
+                    raise optuna.TrialPruned(f"rung of {epochs} epochs does not fit the budget left")
+                trial.set_user_attr(CLAIM, cost)
+            result, seconds = run_once(trial_flags(self.base_flags, configuration, epochs, seed=0), folder)
             if seconds is not None:
                 used = {EPOCHS: used[EPOCHS] + epochs, SECONDS: used[SECONDS] + seconds}
             for key, value in {**used, CLAIM: 0.0}.items():

@@ -9,6 +9,7 @@ crop it was trained and evaluated with, exactly as `pipeline("image-classificati
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -43,7 +44,6 @@ DISCLAIMER = (
 Image.MAX_IMAGE_PIXELS = 200_000_000  # a 10000×10000 scan is fine; decompression bombs beyond this are refused
 # The bundled examples' imaging domain, from the file name's prefix; compared with each model's modality.
 EXAMPLE_DOMAINS = {"breast-ultrasound": "ultrasound", "chest-xray": "X-ray"}
-OVERLAYS = Path(tempfile.gettempdir()) / "medft-demo-overlays"
 logger = logging.getLogger(__name__)
 
 
@@ -141,6 +141,13 @@ def load_models(entries: list[dict[str, Any]]) -> tuple[list[ServedModel], dict[
     return served, unavailable
 
 
+@functools.cache
+def overlay_folder() -> Path:
+    """This process's folder of overlays, made private by mkdtemp: no other user of the machine can plant a file in
+    it. Gradio serves from the system's temporary directory, where it lies."""
+    return Path(tempfile.mkdtemp(prefix="medft-demo-overlays-"))
+
+
 def overlay_file(overlay: np.ndarray) -> str:
     """The overlay as a PNG named by its content, written once and atomically.
 
@@ -151,13 +158,16 @@ def overlay_file(overlay: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(overlay).save(buffer, format="png")
     data = buffer.getvalue()
-    path = OVERLAYS / f"{hashlib.sha256(data).hexdigest()}.png"
+    path = overlay_folder() / f"{hashlib.sha256(data).hexdigest()}.png"
     if not path.exists():
-        OVERLAYS.mkdir(parents=True, exist_ok=True)
-        descriptor, staging = tempfile.mkstemp(dir=OVERLAYS, suffix=".part")
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-        Path(staging).replace(path)
+        descriptor, staging = tempfile.mkstemp(dir=path.parent, suffix=".part")
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(data)
+            Path(staging).replace(path)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
     return str(path)
 
 
