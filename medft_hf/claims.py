@@ -39,9 +39,9 @@ def lpft_beats_ft(tests: pd.DataFrame) -> Claim:
     row = tests.set_index("strategy").loc["lpft"]
     share = row.notable_gains / row.cases
     statistics = (
-        f"notable gains (Δ ≥ {NOTABLE_GAIN}) in {row.notable_gains} / {row.cases} cases ({share:.0%}); mean Δ "
-        f"{row.mean_difference:+.3f}, 95% bootstrap interval over cases [{row.ci_low:+.3f}, {row.ci_high:+.3f}]; "
-        f"signed-rank p = {row.p_value:.3g}, Holm-adjusted {row.p_holm:.3g}"
+        f"notable gains (Δ ≥ {NOTABLE_GAIN}) in {row.notable_gains} / {_count(row.cases, 'case')} ({share:.0%}); "
+        f"mean Δ {row.mean_difference:+.3f}, 95% bootstrap interval over cases [{row.ci_low:+.3f}, "
+        f"{row.ci_high:+.3f}]; signed-rank p = {row.p_value:.3g}, Holm-adjusted {row.p_holm:.3g}"
     )
     if share > 0.5 and row.mean_difference > 0 and row.p_holm < ALPHA:
         return Claim(claim, REPRODUCED, statistics, "a majority of notable gains, and LP-FT > ft over cases.")
@@ -62,8 +62,8 @@ def auto_rgn_large_gain(selected: pd.DataFrame, metric: str) -> Claim:
         return Claim(claim, NOT_TESTABLE, "–", "no auto_rgn (or no ft) runs to compare.")
     best = tests.loc[tests["mean_difference"].idxmax()]
     statistics = (
-        f"largest mean Δ {best.mean_difference:+.3f} ({best.dataset} / {best.backbone}, {best.seeds} seeds, paired "
-        f"t-test p = {best.p_value:.3g}, Holm-adjusted over {len(tests)} cases {best.p_holm:.3g})"
+        f"largest mean Δ {best.mean_difference:+.3f} ({best.dataset} / {best.backbone}, {_count(best.seeds, 'seed')}, "
+        f"paired t-test p = {best.p_value:.3g}, Holm-adjusted over {_count(len(tests), 'case')} {best.p_holm:.3g})"
     )
     notable = tests[tests["mean_difference"] >= NOTABLE_GAIN]
     if (notable["p_holm"] < ALPHA).any():
@@ -101,17 +101,17 @@ def densenet_benefits_most(differences: pd.DataFrame, architectures: dict[str, s
         return Claim(claim, REPRODUCED, statistics, "DenseNet gains most, beyond the variation over datasets.")
     if largest not in densenets and gap.mean() < 0 and p < ALPHA:
         return Claim(claim, NOT_REPRODUCED, statistics, "another backbone gains more, beyond the variation.")
-    return Claim(claim, INCONCLUSIVE, statistics, _undecided(gap.size, smallest_p(gap.size), 1))
+    return Claim(claim, INCONCLUSIVE, statistics, _undecided(gap.size, smallest_p(gap.size), 1, "dataset"))
 
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _undecided(cases: int, smallest: float, comparisons: int) -> str:
+def _undecided(cases: int, smallest: float, comparisons: int, unit: str = "case") -> str:
     if smallest * comparisons >= ALPHA:
         return (
-            f"underpowered: with {_count(cases, 'case')} the exact test's smallest p is {smallest:.3g}"
+            f"underpowered: with {_count(cases, unit)} the exact test's smallest p is {smallest:.3g}"
             + (f" ({smallest * comparisons:.3g} after Holm over {comparisons})" if comparisons > 1 else "")
             + f", never below {ALPHA}."
         )
