@@ -274,14 +274,26 @@ def test_an_overlay_file_is_written_once_and_never_rewritten(tmp_path, monkeypat
     app = _app()
     monkeypatch.setattr(app, "overlay_folder", lambda: tmp_path)
     overlay = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    path = app.overlay_file(overlay)
+    path = Path(app.overlay_file(overlay))
     np.testing.assert_array_equal(np.asarray(Image.open(path)), overlay)
-    written = Path(path).stat()
+    written = path.stat().st_ino
     # Another request with the same answer must leave alone the file an earlier client may still be downloading.
-    assert app.overlay_file(overlay.copy()) == path
-    assert (Path(path).stat().st_ino, Path(path).stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
-    assert app.overlay_file(255 - overlay) != path
+    assert app.overlay_file(overlay.copy()) == str(path) and path.stat().st_ino == written
+    assert app.overlay_file(255 - overlay) != str(path)
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".png", ".png"], "no staging file left behind"
+
+
+def test_overlays_nobody_asked_for_in_an_hour_are_deleted(tmp_path, monkeypatch):
+    app = _app()
+    monkeypatch.setattr(app, "overlay_folder", lambda: tmp_path)
+    rng = np.random.default_rng(0)
+    kept, dropped = (Path(app.overlay_file(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))) for _ in range(2))
+    long_ago = time.time() - app.CACHE_AGE_S - 60
+    for path in (kept, dropped):
+        os.utime(path, (long_ago, long_ago))
+    app.overlay_file(np.asarray(Image.open(kept)))  # asked for again: fresh
+    app.overlay_file(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))  # a new one: the stale ones go
+    assert kept.exists() and not dropped.exists() and len(list(tmp_path.iterdir())) == 2
 
 
 def test_a_broken_entry_is_listed_as_unavailable_and_the_others_serve(space_url, breastmnist_model, tmp_path):

@@ -9,6 +9,7 @@ crop it was trained and evaluated with, exactly as `pipeline("image-classificati
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -17,6 +18,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,8 @@ DISCLAIMER = (
 Image.MAX_IMAGE_PIXELS = 200_000_000  # a 10000×10000 scan is fine; decompression bombs beyond this are refused
 # The bundled examples' imaging domain, from the file name's prefix; compared with each model's modality.
 EXAMPLE_DOMAINS = {"breast-ultrasound": "ultrasound", "chest-xray": "X-ray"}
+# A Space serves for weeks: overlays and Gradio's copies of them not used for this long are deleted.
+CACHE_AGE_S = 3600
 logger = logging.getLogger(__name__)
 
 
@@ -159,7 +163,9 @@ def overlay_file(overlay: np.ndarray) -> str:
     Image.fromarray(overlay).save(buffer, format="png")
     data = buffer.getvalue()
     path = overlay_folder() / f"{hashlib.sha256(data).hexdigest()}.png"
-    if not path.exists():
+    try:
+        os.utime(path)  # used again: not stale
+    except FileNotFoundError:
         descriptor, staging = tempfile.mkstemp(dir=path.parent, suffix=".part")
         try:
             with os.fdopen(descriptor, "wb") as file:
@@ -168,7 +174,17 @@ def overlay_file(overlay: np.ndarray) -> str:
         except BaseException:
             Path(staging).unlink(missing_ok=True)
             raise
+        _forget_stale_overlays(path.parent)
     return str(path)
+
+
+def _forget_stale_overlays(folder: Path) -> None:
+    """Delete the overlays nobody asked for in CACHE_AGE_S (Gradio copied each into its cache when it was served)."""
+    stale = time.time() - CACHE_AGE_S
+    for old in folder.glob("*.png"):
+        with contextlib.suppress(FileNotFoundError):  # another request deleted it first
+            if old.stat().st_mtime < stale:
+                old.unlink()
 
 
 class ImageInput(gr.Image):
@@ -261,7 +277,9 @@ def build_demo(
         return gallery, "\n".join(lines) + "\n\n" + metrics
 
     study_text, study_heatmap = load_study(study_source)
-    with gr.Blocks(title="medft-hf: fine-tuning strategies for medical images") as demo:
+    with gr.Blocks(
+        title="medft-hf: fine-tuning strategies for medical images", delete_cache=(CACHE_AGE_S, CACHE_AGE_S)
+    ) as demo:
         gr.Markdown("# medft-hf: fine-tuned medical image classifiers\n" + DISCLAIMER + status, elem_id="intro")
         with gr.Tab("Predict"):
             with gr.Row():
