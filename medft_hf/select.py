@@ -45,7 +45,14 @@ from .selection.storage import (
 )
 from .selection.trials import Objective, run_once, trial_flags
 from .strategies import STRATEGIES, strategy_config_classes
-from .train import DataArguments, HelpFormatter, MedftTrainingArguments, ModelArguments, parse_dict
+from .train import (
+    DataArguments,
+    HelpFormatter,
+    MedftTrainingArguments,
+    ModelArguments,
+    parse_command_line,
+    parse_dict,
+)
 
 logger = logging.getLogger("medft_hf")
 # Set by the search for every run, so not flags a user may pass.
@@ -221,14 +228,18 @@ def _parser() -> HfArgumentParser:
         prog="medft-select",
         description=__doc__,
         formatter_class=HelpFormatter,
+        allow_abbrev=False,  # an abbreviated flag would be parsed but not recognised as given, so not fixed
     )
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[SelectArguments, dict[str, Any]]:
     """The search's own arguments, and the train.py flags given on the command line (typed), by name."""
     argv = sys.argv[1:] if argv is None else argv
-    select_args, *parsed = _parser().parse_args_into_dataclasses(args=argv)
-    given = {token[2:].split("=")[0] for token in argv if token.startswith("--")}
+    parser = _parser()
+    select_args, *parsed = parse_command_line(parser, argv)
+    # Each option as the parser knows it: `--no_cache_images` and `--num-train-epochs` name their fields too.
+    options = parser._option_string_actions
+    given = {options[token.split("=")[0]].dest for token in argv if token.split("=")[0] in options}
     own = {f.name for f in fields(SelectArguments)}
     flags = {
         name: getattr(container, name)

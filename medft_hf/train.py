@@ -269,6 +269,15 @@ def parse_dict(flags: dict[str, Any]):
     return model_args, data_args, strategy_configs, training_args
 
 
+def parse_command_line(parser: HfArgumentParser, argv: list[str]) -> tuple:
+    """The dataclasses of `argv`; an argument none of them has is refused as argparse refuses it (usage, `error:`,
+    exit 2), not with HfArgumentParser's traceback."""
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
+    return tuple(parsed)
+
+
 def parse_args(argv: list[str] | None = None):
     parser = _parser()
     argv = sys.argv[1:] if argv is None else argv
@@ -282,7 +291,7 @@ def parse_args(argv: list[str] | None = None):
         except (TypeError, ValueError) as error:  # an unknown key, or a value of the wrong type
             raise MedftError(f"{argv[0]}: {error}") from error
     else:
-        parsed = parser.parse_args_into_dataclasses(args=argv)
+        parsed = parse_command_line(parser, argv)
     model_args, data_args, *strategy_configs, training_args = parsed
     return model_args, data_args, strategy_configs, training_args
 

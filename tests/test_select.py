@@ -55,6 +55,19 @@ def run_folders(output_dir: Path) -> dict[Path, float]:
     return {p.parent: p.stat().st_mtime_ns for p in (output_dir / "trials").glob("*/e*/results.json")}
 
 
+def test_every_spelling_of_a_train_flag_fixes_it():
+    _, flags = select_lib.parse_args(
+        ["--budget", "60ep", "--output_dir", "x", "--no_cache_images", "--num-train-epochs", "3",
+         "--cache_features", "--learning_rate=0.001"]
+    )  # fmt: skip
+    assert flags == {"output_dir": "x", "cache_images": False, "num_train_epochs": 3, "cache_features": True,
+                     "learning_rate": 0.001}  # fmt: skip
+    for wrong in ("--learning_r", "--no_such_flag"):  # an abbreviation would be parsed, yet not seen as given
+        with pytest.raises(SystemExit) as refused:
+            select_lib.parse_args(["--budget", "60ep", wrong, "0.001"])
+        assert refused.value.code == 2
+
+
 def test_budget_and_rungs():
     assert Budget.parse("60ep") == Budget(60, "epochs")
     assert Budget.parse("2h") == Budget(7200, "seconds")

@@ -262,6 +262,7 @@ def test_help_shows_every_strategy_flag_with_its_default():
         ),
         (["--push_to_hub", "--save_model", "false"], "error: --push_to_hub pushes the final model, which --save_mo"),
         (["--max_eval_samples", "0"], "error: --max_eval_samples 0: must be >= 1"),
+        (["--learning_rte", "1e-3"], "error: unrecognized arguments: --learning_rte 1e-3"),
     ],
 )
 def test_bad_input_fails_with_one_clear_message(args, message, tmp_path, tiny_model):
