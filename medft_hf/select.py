@@ -239,7 +239,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SelectArguments, dict[str
     select_args, *parsed = parse_command_line(parser, argv)
     # Each option as the parser knows it: `--no_cache_images` and `--num-train-epochs` name their fields too.
     options = parser._option_string_actions
-    given = {options[token.split("=")[0]].dest for token in argv if token.split("=")[0] in options}
+    given = {options[name].dest for name in (token.split("=")[0] for token in argv) if name in options}
     own = {f.name for f in fields(SelectArguments)}
     flags = {
         name: getattr(container, name)
