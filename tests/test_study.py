@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -554,7 +555,14 @@ def test_report_writes_tables_figures_verdicts_and_lists_failed_cells(synthetic,
 
 @pytest.mark.parametrize(
     ("study", "command"),
-    [("defaults", "scripts/run_defaults.sh runs/defaults"), ("cpu-v2", "scripts/run_cpu_v2.sh")],
+    [
+        ("defaults", "scripts/run_defaults.sh runs/defaults"),
+        ("cpu-v2", "scripts/run_cpu_v2.sh"),
+        (
+            "lpft-budget",
+            "medft-benchmark hub_configs/benchmarks/lpft-budget.yaml --output_dir docs/results/lpft-budget/runs",
+        ),
+    ],
 )
 def test_a_committed_report_rebuilds_from_its_runs(study, command, tmp_path, monkeypatch):
     """The command in docs/results/<study>/README.md, into a fresh folder: every text file byte for byte, the
@@ -569,6 +577,16 @@ def test_a_committed_report_rebuilds_from_its_runs(study, command, tmp_path, mon
             pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / name), pd.read_parquet(kept / name))
         elif not name.endswith(".png"):
             assert (tmp_path / name).read_bytes() == (kept / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("script", ["select_vs_grid", "more_seeds"])
+def test_a_committed_comparison_rebuilds_from_its_runs(script):
+    """The `table` command of scripts/<script>.py, from the committed runs: the committed comparison.md, byte for
+    byte (its numbers are the command's, not typed)."""
+    spec = importlib.util.spec_from_file_location(script, ROOT / "scripts" / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.table() == (module.DOCS / "comparison.md").read_text()
 
 
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tiny_model, tiny_dataset, tmp_path):
