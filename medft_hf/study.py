@@ -549,7 +549,7 @@ def _run_locked(grid: Grid, cell: Cell, output_dir: Path) -> str:
     from .train import parse_dict, run  # train imports the trainer stack; keep `--dry-run` light
 
     (output_dir / FAILED_FILE).unlink(missing_ok=True)
-    flags = grid.flags(cell, output_dir)
+    flags = {"disable_tqdm": True, **grid.flags(cell, output_dir)}  # a cell logs one line per epoch, no progress bars
     checkpoint = latest_complete_checkpoint(output_dir) if output_dir.exists() else None
     if checkpoint is not None:
         logger.info("Resuming %s from %s", cell.path, checkpoint.name)
@@ -657,7 +657,6 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     configure_logging()
-    grid.training.setdefault("disable_tqdm", True)
     is_main = os.environ.get("RANK", "0") == "0"
     outcomes: Counter[str] = Counter()
     if args.ray is not None:

@@ -37,14 +37,16 @@ def chosen_cells(grid: Grid, strategies: Sequence[str]) -> list[Cell]:
     cells, waiting = grid.stage_cells(grid.stages - 1, GRID_RUNS, filters)
     unfinished = [cell.path for cell in cells if cell_status(GRID_RUNS, cell) != "done"]
     if waiting or unfinished:
-        raise SystemExit(f"The grid has not chosen or finished every setting yet ({unfinished[:3]}...): run it first.")
+        raise SystemExit(
+            f"The grid has not finished choosing these strategies' settings ({waiting} still searching, "
+            f"{len(unfinished)} final cells unfinished): run it first (scripts/run_cpu_v2.sh)."
+        )
     return cells
 
 
 def run(strategies: Sequence[str], seeds: list[int]) -> None:
     configure_logging()
     grid = Grid.from_yaml("cpu-v2")
-    grid.training.setdefault("disable_tqdm", True)  # as medft-benchmark runs a cell: one log line per epoch
     settings = {(cell.dataset, cell.backbone, cell.strategy, cell.sweep) for cell in chosen_cells(grid, strategies)}
     taken = [seed for seed in seeds if seed in grid.seeds]
     if taken:
