@@ -221,7 +221,7 @@ class MedftTrainingArguments(TrainingArguments):
                 ("per_device_eval_batch_size", ">=", 1),
                 ("gradient_accumulation_steps", ">=", 1),
                 ("weight_decay", ">=", 0),
-                ("warmup_ratio", ">=", 0),
+                ("warmup_steps", ">=", 0),
                 ("early_stopping_patience", ">=", 1),
                 ("bootstrap_resamples", ">=", 0),
                 ("dataloader_num_workers", ">=", 0),

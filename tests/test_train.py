@@ -256,6 +256,7 @@ def test_help_shows_every_strategy_flag_with_its_default():
         (["--positive_class", "cancer"], "error: --positive_class cancer: not a class of this dataset"),
         (["--class_weights", "inverse"], "argument --class_weights/--class-weights: invalid choice: 'inverse'"),
         (["--dataloader_num_workers", "-1"], "error: --dataloader_num_workers -1: must be >= 0."),
+        (["--warmup_steps", "-0.1"], "error: --warmup_steps -0.1: must be >= 0."),
         (
             ["--dataloader_num_workers", "1", "--dataloader_persistent_workers"],
             "error: --dataloader_persistent_workers: a persistent worker keeps its copy of the training set at epoch 0",
