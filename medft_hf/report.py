@@ -256,16 +256,23 @@ def scale_paragraph(runs: pd.DataFrame, comparisons: int) -> str:
     text = [
         f"These runs: {runs['dataset'].nunique()} datasets, {len(backbones)} backbone(s) "
         f"({', '.join(f'{name}: {arch}' for name, arch in backbones.items())}), seeds {_listed(runs, 'seed')}, "
-        f"{_listed(runs, 'image_size')} px, {_listed(runs, 'epochs')} epochs, "
-        + (f"{images.min():g}–{images.max():g} training images per dataset. " if len(images) else "")
-        + "The paper compares three backbones (ResNet-50, DenseNet-121, VGG-19) over several imaging modalities.",
-        f"Each comparison with ft rests on {cases} cases (dataset × backbone): the exact signed-rank test's smallest "
-        f"p is then {smallest:.3g}, {min(1.0, smallest * comparisons):.3g} after Holm over {comparisons} comparisons; "
-        f"a claim can be confirmed at {ALPHA} only from {cases_needed(comparisons)} cases on"
-        + (", so here the test cannot confirm any strategy against ft, whatever the effect (an interval can still "
-           "exclude a notable gain)." if
-           cases < cases_needed(comparisons) else ", as here, and only by an effect of one sign in nearly every case."),
+        f"{_listed(runs, 'image_size')} px, {_listed(runs, 'epochs')} epochs"
+        + (f", {images.min():g}–{images.max():g} training images per dataset" if len(images) else "")
+        + ". The paper compares three backbones (ResNet-50, DenseNet-121, VGG-19) over several imaging modalities.",
     ]  # fmt: skip
+    if comparisons:
+        needed = cases_needed(comparisons)
+        text.append(
+            f"Each comparison with ft rests on {cases} cases (dataset × backbone): the exact signed-rank test's "
+            f"smallest p is then {smallest:.3g}, {min(1.0, smallest * comparisons):.3g} after Holm over {comparisons} "
+            f"comparisons; a claim can be confirmed at {ALPHA} only from {needed} cases on"
+            + (
+                ", so here the test cannot confirm any strategy against ft, whatever the effect (an interval can "
+                "still exclude a notable gain)."
+                if cases < needed
+                else ", as here, and only by an effect of one sign in nearly every case."
+            )
+        )
     if len(backbones) < 2:
         text.append("With one backbone, nothing here speaks to differences between backbones (the DenseNet claim).")
     text.append(
@@ -292,7 +299,7 @@ def figures(root: Path, selected: pd.DataFrame, table: pd.DataFrame, metric: str
 
     made = []
     wide = table.pivot_table(index="strategy", columns=CASE, values=f"test_{metric}_mean")
-    if "ft" in wide.index:
+    if REFERENCE in wide.index and len(wide.index) > 1:
         delta = (wide - wide.loc["ft"]).drop(index="ft").reindex(_ordered(wide.index.drop("ft")))
         fig, ax = plt.subplots(figsize=(2 + 1.6 * delta.shape[1], 1 + 0.5 * delta.shape[0]))
         limit = max(float(np.nanmax(np.abs(delta.to_numpy()))), 1e-3)
@@ -367,8 +374,8 @@ def write_report(root: str | Path, out: str | Path, metric: str = "balanced_accu
     table = summary(selected, metric)
     table.to_csv(out / "summary.csv", index=False)
     (out / "summary.tex").write_text(latex_table(table, metric))
-    has_ft = REFERENCE in set(table["strategy"])
     others = [name for name in _ordered(table["strategy"]) if name != REFERENCE]
+    has_ft = REFERENCE in set(table["strategy"]) and bool(others)  # something to compare with ft
     differences = case_differences(selected, metric) if has_ft else pd.DataFrame()
     tests = dataset_level_tests(differences, others) if has_ft else pd.DataFrame()
     tests.to_csv(out / "vs_ft.csv", index=False)
@@ -384,7 +391,7 @@ def write_report(root: str | Path, out: str | Path, metric: str = "balanced_accu
     }
     (out / "claims.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     made = figures(root, selected, table, metric, out)
-    no_ft = f"No `{REFERENCE}` runs in these results: nothing to compare against."
+    no_ft = f"Nothing to compare: these results need `{REFERENCE}` runs and runs of another strategy."
     metric_flag = f" --metric {metric}" if metric != "balanced_accuracy" else ""
     text = [
         "# Study report",
@@ -404,7 +411,7 @@ def write_report(root: str | Path, out: str | Path, metric: str = "balanced_accu
         "",
         "## What this study's scale can and cannot show",
         "",
-        scale_paragraph(runs, len(others)),
+        scale_paragraph(runs, len(others) if has_ft else 0),
         "",
         "## Test results (best per row in bold; in brackets: difference to ft)",
         "",

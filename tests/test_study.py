@@ -567,6 +567,15 @@ def test_report_writes_tables_figures_verdicts_and_lists_failed_cells(synthetic,
     assert [c["verdict"] for c in json.loads((out / "claims.json").read_text())["claims"]][2] == NOT_TESTABLE
 
 
+def test_a_report_of_ft_alone_says_there_is_nothing_to_compare(tmp_path):
+    for seed in range(3):
+        write_result(tmp_path / "runs", "d1", "ft", seed, 1e-3, 0.7, 0.6 + 0.01 * seed)
+    report = write_report(tmp_path / "runs", tmp_path / "report").read_text()
+    assert "| d1 | net | **0.610 ± 0.010** |" in report and "2 epochs. The paper" in report
+    assert report.count("Nothing to compare: these results need `ft` runs and runs of another strategy.") == 2
+    assert "Each comparison with ft" not in report and not (tmp_path / "report" / "delta_vs_ft.png").exists()
+
+
 @pytest.mark.parametrize(
     ("study", "command"),
     [
