@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     with exit_on_error():
         select_args, flags = parse_args(argv)
-        selection = select(select_args, {"disable_tqdm": True, **flags})
+        selection = select(select_args, flags)
     choice = selection.ranking.choice
     print(f"chosen: trial {choice.trial.number} {choice.trial.configuration}: {choice.reason}")
     print(f"model: {selection.model_dir}; ranking: {Path(flags['output_dir']) / ranking_lib.RANKING_MD}")

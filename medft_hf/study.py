@@ -539,23 +539,30 @@ def run_cell(grid: Grid, cell: Cell, root: Path) -> str:
             return "running elsewhere"
         if is_finished_run(output_dir):  # finished by another worker between the check and the lock
             return "skipped"
-        outcome = _run_locked(grid, cell, output_dir)
-        if outcome == "done":
-            clean_checkpoints(output_dir)
-        return outcome
+        return _run_locked(grid, cell, output_dir)
+
+
+def train_resumably(flags: dict[str, Any], output_dir: Path) -> RunResult:
+    """The train.py run of `flags` in `output_dir`, resumed from its last complete checkpoint if it has one, its
+    checkpoints removed once it finished. The caller holds `cell_lock(output_dir)`; grid cells and search trials both
+    run through here."""
+    from .train import parse_dict, run  # train imports the trainer stack; keep `--dry-run` light
+
+    checkpoint = latest_complete_checkpoint(output_dir) if output_dir.exists() else None
+    if checkpoint is not None:
+        logger.info("Resuming %s from %s", output_dir, checkpoint.name)
+        flags = {**flags, "resume_from_checkpoint": str(checkpoint)}
+    # one log line per epoch, no progress bars: the grid's and the search's own bars show how far they are
+    result = run(*parse_dict({"disable_tqdm": True, **flags, "output_dir": str(output_dir)}))
+    clean_checkpoints(output_dir)
+    return result
 
 
 def _run_locked(grid: Grid, cell: Cell, output_dir: Path) -> str:
-    from .train import parse_dict, run  # train imports the trainer stack; keep `--dry-run` light
-
     (output_dir / FAILED_FILE).unlink(missing_ok=True)
-    flags = {"disable_tqdm": True, **grid.flags(cell, output_dir)}  # a cell logs one line per epoch, no progress bars
-    checkpoint = latest_complete_checkpoint(output_dir) if output_dir.exists() else None
-    if checkpoint is not None:
-        logger.info("Resuming %s from %s", cell.path, checkpoint.name)
-        flags["resume_from_checkpoint"] = str(checkpoint)
+    flags = grid.flags(cell, output_dir)
     try:
-        run(*parse_dict(flags))
+        train_resumably(flags, output_dir)
     except KeyboardInterrupt:
         raise
     except (Exception, SystemExit) as error:  # a failing cell (argparse exits too) is recorded; the grid goes on

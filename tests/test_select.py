@@ -14,11 +14,11 @@ import optuna
 import pytest
 
 from medft_hf import select as select_lib
+from medft_hf import train as train_lib
 from medft_hf.errors import MedftError
 from medft_hf.hub import model_card
 from medft_hf.metrics import balanced_accuracy_standard_error
 from medft_hf.results import RunResult
-from medft_hf.selection import trials as trials_lib
 from medft_hf.selection.budget import Budget
 from medft_hf.selection.ranking import TrialRecord, choose
 from medft_hf.selection.space import rung_epochs
@@ -37,7 +37,6 @@ def train_flags(tiny_model: Path, tiny_dataset: Path, output_dir: Path) -> dict:
         "per_device_train_batch_size": 16,
         "bootstrap_resamples": 0,
         "use_cpu": True,
-        "disable_tqdm": True,
     }
 
 
@@ -164,7 +163,7 @@ def test_tiny_search_writes_ranking_and_final_model(tiny_model, tiny_dataset, tm
 def test_rerun_after_interruption_repeats_no_finished_run(tiny_model, tiny_dataset, tmp_path, monkeypatch):
     output_dir = tmp_path / "search"
     trained: list[str] = []
-    real_run = trials_lib.run
+    real_run = train_lib.run
 
     def counting_run(model_args, data_args, configs, training_args):
         trained.append(training_args.output_dir)
@@ -172,7 +171,7 @@ def test_rerun_after_interruption_repeats_no_finished_run(tiny_model, tiny_datas
             raise KeyboardInterrupt  # as Ctrl-C in the middle of the search
         return real_run(model_args, data_args, configs, training_args)
 
-    monkeypatch.setattr(trials_lib, "run", counting_run)
+    monkeypatch.setattr(train_lib, "run", counting_run)
     interrupt = True
     with pytest.raises(KeyboardInterrupt):
         search(tiny_model, tiny_dataset, output_dir, budget="10ep")
@@ -203,8 +202,10 @@ def test_a_search_ended_by_its_budget_trains_nothing_more_run_again(tiny_model, 
     assert [t.user_attrs.get("stopped") for t in study_of(output_dir).trials] == [None, "budget"]
     finished = run_folders(output_dir)
     # The epoch left would pay for a new trial's first rung, but it could never reach the longest rung, so never be
-    # chosen: the same command again trains nothing.
-    search(tiny_model, tiny_dataset, output_dir, budget="7ep")
+    # chosen: the same search again trains nothing, here from the command line (a library call's search goes on there).
+    flags = train_flags(tiny_model, tiny_dataset, output_dir)
+    select_lib.main([*(f"--{key}={value}" for key, value in flags.items()), "--budget", "7ep",
+                     "--strategies", "ft", "lp", "--seeds", "1", "--reduction_factor", "2"])  # fmt: skip
     assert run_folders(output_dir) == finished and len(study_of(output_dir).trials) == 2
     # a trial queued again (its worker died) still runs: here it finds its runs finished and reads them back
     requeue(study_of(output_dir), study_of(output_dir).trials[0])

@@ -322,7 +322,7 @@ def test_a_killed_grid_restarts_without_redoing_finished_cells(tiny_model, tiny_
     rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert (first_cell / "results.json").stat().st_mtime_ns == finished, "the finished cell was not redone"
-    assert "Resuming tiny-data/tiny-net/lpft/default/seed0 from checkpoint-" in rerun.stderr
+    assert f"Resuming {second_cell} from checkpoint-" in rerun.stderr
     assert (second_cell / "results.json").exists()
     assert not list(second_cell.glob("checkpoint-*")), "a finished cell's checkpoints are cleaned up"
 

@@ -17,10 +17,8 @@ from typing import Any
 
 import optuna
 
-from ..checkpoints import latest_complete_checkpoint
 from ..results import RunResult, is_finished_run
-from ..study import cell_lock, clean_checkpoints
-from ..train import parse_dict, run
+from ..study import cell_lock, train_resumably
 from .budget import Plan
 from .space import SearchSpace
 from .storage import CLAIM, EPOCHS, ERROR, POLL_S, SECONDS, end, first_number, seconds_per_epoch, spent
@@ -35,12 +33,8 @@ def run_once(flags: dict[str, Any], folder: Path) -> tuple[RunResult, float | No
     while not is_finished_run(folder):
         with cell_lock(folder) as held:
             if held and not is_finished_run(folder):
-                checkpoint = latest_complete_checkpoint(folder)
-                resume = {"resume_from_checkpoint": str(checkpoint)} if checkpoint else {}
                 start = time.monotonic()
-                result = run(*parse_dict({**flags, **resume, "output_dir": str(folder)}))
-                clean_checkpoints(folder)
-                return result, time.monotonic() - start
+                return train_resumably(flags, folder), time.monotonic() - start
         if not held:
             time.sleep(POLL_S)  # another worker trains it
     return RunResult.load(folder), None
