@@ -365,6 +365,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
     layout = BlockLayout.from_model(model)
     num_epochs = math.ceil(training_args.num_train_epochs)
     strategy = build_strategy(model_args.strategy, config, layout, num_epochs)
+    if len(strategy.phases()) > 1 and (training_args.max_steps > 0 or num_epochs != training_args.num_train_epochs):
+        # The schedule restarts at a step computed from whole epochs; a partial epoch would move it off the switch.
+        raise MedftError(
+            f"--strategy {strategy.name} starts a new optimisation at an epoch boundary: give a whole number of "
+            "--num_train_epochs and no --max_steps."
+        )
     alike = coinciding_strategies(strategy)
     if alike:
         logger.warning(

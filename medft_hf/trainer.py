@@ -94,7 +94,7 @@ class StrategyTrainer(Trainer):
                 if phase.warmup_ratio is None
                 else math.ceil(phase.warmup_ratio * length)
             )
-            peak = phase.learning_rate if phase.learning_rate is not None else self.args.learning_rate * phase.lr_scale
+            peak = phase.learning_rate if phase.learning_rate is not None else self.args.learning_rate
             pieces.append((start, peak / self.args.learning_rate, self._schedule_shape(warmup, length)))
 
         def multiplier(step: int) -> float:

@@ -11,9 +11,6 @@ from scipy.special import softmax
 from sklearn.metrics import roc_curve
 from transformers import EvalPrediction
 
-METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
-CALIBRATION_NAMES = ("ece", "brier")
-
 
 def load_metric() -> evaluate.EvaluationModule:
     return evaluate.load(str(resources.files("medft_hf.metrics") / "medical_classification"))

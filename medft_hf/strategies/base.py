@@ -63,11 +63,10 @@ class StrategyConfig:
 class Phase:
     """A stretch of training with its own optimisation: at `start_epoch` the optimizer's moments start afresh
     and the learning-rate schedule (warm-up, decay) restarts over the phase's epochs, peaking at `learning_rate`
-    (None: the run's --learning_rate × `lr_scale`) after `warmup_ratio` of the phase (None: the run's warm-up)."""
+    (None: the run's --learning_rate) after `warmup_ratio` of the phase (None: the run's warm-up)."""
 
     start_epoch: int
     learning_rate: float | None = None
-    lr_scale: float = 1.0
     warmup_ratio: float | None = None
 
 
