@@ -99,6 +99,18 @@ def publishable(result: RunResult) -> RunResult:
     )
 
 
+def _evaluation_note(split: str, validation_source: str) -> str:
+    if split == "test":
+        return (
+            f"The best epoch was chosen on the validation split ({validation_source}); the test split was "
+            "evaluated once."
+        )
+    return (
+        f"This dataset has no test split: the scores above are on the validation split ({validation_source}) that "
+        "also chose the best epoch, so they are optimistic. Test the model on held-out data before trusting them."
+    )
+
+
 def model_card(result: RunResult, repo_id: str, license: str | None = None) -> ModelCard:
     """The card of a fine-tuned model: metadata the Hub indexes (model-index = results.json's finite test metrics)
     and a body saying what it is, how it was trained, how to load it and what it is not for."""
@@ -164,8 +176,8 @@ arXiv 2406.10050.
 |---|---|---|---|---|
 {class_rows}
 
-The best epoch was chosen on the validation split ({result.validation_source}); the test split was
-evaluated once. Figures: `training_curves.png`, `confusion_matrix.png`; everything above: `results.json`.
+{_evaluation_note(split, result.validation_source)}
+Figures: `training_curves.png`, `confusion_matrix.png`; everything above: `results.json`.
 
 ## Training set-up
 

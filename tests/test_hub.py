@@ -85,6 +85,11 @@ def test_model_card_metadata_equals_results_json(tmp_path):
                    'timm.create_model("hf-hub:me/densenet121-lpft-chest-xray"', "Kumar et al. 2022",
                    "| pneumonia | 0.600 | 0.700 | 0.650 | 5 |"):  # fmt: skip
         assert needle in text
+    assert "the test split was evaluated once" in text
+
+    without_test = model_card(RunResult.from_dict({**results, "test": None}), "me/x").content
+    assert "## Results (validation split" in without_test and "evaluated once" not in without_test
+    assert "no test split: the scores above are on the validation split (validation) that also chose" in without_test
 
 
 # ---- real round trips through the real client, against the local Hub server ------------------------------------
