@@ -17,23 +17,6 @@ from .errors import MedftError
 from .results import write_json_atomic
 
 STATE_FILE = "medft_state.json"
-# What must match for a checkpoint to continue this run: the data, the model, and every setting that shapes
-# training (resuming with another --sp_alpha, --lp_epochs or epoch count would silently splice two runs).
-IDENTITY_FIELDS = (
-    "strategy",
-    "model",
-    "dataset",
-    "dataset_config",
-    "class_names",
-    "strategy_config",
-    "learning_rate",
-    "num_train_epochs",
-    "image_size",
-    "augmentation",
-    "class_weights",
-    "data_pipeline",
-    "split_settings",
-)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 logger = logging.getLogger(__name__)
 
@@ -81,12 +64,14 @@ def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def load_checkpoint_state(checkpoint: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's saved state, after checking that it was made by the same kind of run."""
+    """The checkpoint's saved state, after checking that it was made by the same run: `identity` holds the data,
+    the model and every setting that shapes training (resuming with another --sp_alpha, --seed or epoch count would
+    silently splice two runs). A key the checkpoint does not record (it predates the key) is not checked."""
     saved = json.loads((checkpoint / STATE_FILE).read_text())
     mismatches = [
-        f"{name}: checkpoint {saved['identity'].get(name)!r}, this run {identity.get(name)!r}"
-        for name in IDENTITY_FIELDS
-        if saved["identity"].get(name) != identity.get(name)
+        f"{name}: checkpoint {saved['identity'][name]!r}, this run {value!r}"
+        for name, value in identity.items()
+        if name in saved["identity"] and saved["identity"][name] != value
     ]
     if mismatches:
         raise MedftError(

@@ -15,6 +15,7 @@ import sys
 from argparse import SUPPRESS, RawDescriptionHelpFormatter
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +239,19 @@ class MedftTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
+# With the strategy's, data's and model's settings, what a checkpoint must match: it resumes only the run that wrote it.
+OPTIMISATION_SETTINGS = (
+    "seed",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "optim",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "max_grad_norm",
+)
+
+
 class HelpFormatter(RawDescriptionHelpFormatter):
     """The epilog as written, and every flag's default after its help (where it has one)."""
 
@@ -429,8 +443,17 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             for name in ("val_fraction", "max_train_samples", "min_validation_size", "max_eval_samples")
         },
     }
-    # A checkpoint of another run is refused here, before anything is written.
-    saved_state = load_checkpoint_state(checkpoint, identity) if checkpoint else None
+    # `identity` goes into results.json as it is; a checkpoint must match it and the optimisation settings to continue
+    # this run. A checkpoint of another run is refused here, before anything is written.
+    checkpoint_identity = {
+        **identity,
+        "optimisation": {
+            name: value.value if isinstance(value, Enum) else value  # as JSON keeps it
+            for name in OPTIMISATION_SETTINGS
+            for value in [getattr(training_args, name)]
+        },
+    }
+    saved_state = load_checkpoint_state(checkpoint, checkpoint_identity) if checkpoint else None
     loss = None
     if data_args.class_weights == "auto":
         weights = inverse_frequency_weights(np.asarray(splits.train[splits.label_column]), len(splits.class_names))
@@ -446,7 +469,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         if training_args.early_stopping_patience
         else None,
         strategy=strategy,
-        run_identity=identity,
+        run_identity=checkpoint_identity,
     )
     use_epoch_log(trainer, str(output_dir))
     if saved_state is not None:

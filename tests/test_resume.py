@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -110,6 +111,8 @@ def _listing(folder: Path) -> dict[str, float]:
         (["--learning_rate", "0.01"], r"learning_rate: checkpoint 0.001, this run 0.01"),
         (["--max_train_samples", "30"], r"split_settings: checkpoint .*'max_train_samples': None.*30"),
         (["--cache_images", "false"], r"data_pipeline: checkpoint 'decoded', this run 'pil'"),
+        (["--seed", "1"], r"optimisation: checkpoint .*'seed': 0,.*'seed': 1,"),
+        (["--weight_decay", "0.5"], r"optimisation: checkpoint .*'weight_decay': 0.0001.*'weight_decay': 0.5"),
     ],
 )
 def test_resuming_a_different_run_is_refused(change, message, run_with_checkpoints, tiny_model, tiny_dataset, tmp_path):
@@ -184,3 +187,12 @@ def test_sigkill_during_a_save_then_resume_skips_the_half_written_checkpoint(tin
     assert (output_dir / "results.json").exists()
     for name in caught:
         assert f"Skipping {output_dir / name}" in resumed.stderr
+
+
+def test_a_checkpoint_is_checked_on_every_setting_it_records_and_older_ones_still_resume(tmp_path):
+    """A checkpoint written before a setting joined the identity (the runs of a grid in progress) still resumes."""
+    (tmp_path / STATE_FILE).write_text(json.dumps({"identity": {"strategy": "ft", "learning_rate": 0.001}}))
+    now = {"strategy": "ft", "learning_rate": 0.001, "optimisation": {"seed": 1}}
+    assert load_checkpoint_state(tmp_path, now)["identity"]["strategy"] == "ft"
+    with pytest.raises(MedftError, match=r"learning_rate: checkpoint 0\.001, this run 0\.01"):
+        load_checkpoint_state(tmp_path, {**now, "learning_rate": 0.01})
