@@ -118,8 +118,8 @@ class Estimate:
             + (" (assumed images/s)" if not self.model.measured else ""),
             f"disk: {sum(self.kept_bytes.values()) / GB:.1f} GB of model weights kept (cells with save_model false "
             f"keep none; all kept: {sum(self.weight_bytes.values()) / GB:.1f} GB), plus up to "
-            f"{max(self.checkpoint_bytes.values()) / GB:.1f} GB of checkpoints per cell running at once (removed "
-            "when the cell finishes), plus results.json and figures (well under 1 MB a cell)",
+            f"{max(self.checkpoint_bytes.values(), default=0) / GB:.1f} GB of checkpoints per cell running at once "
+            "(removed when the cell finishes), plus results.json and figures (well under 1 MB a cell)",
             "GPU-hours per cell = (epochs × train / train img/s + ((epochs + 1) × validation + test) / eval img/s) "
             "/ 3600; every cell costed as full fine-tuning",
         ]

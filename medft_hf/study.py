@@ -25,6 +25,7 @@ import re
 import shutil
 import socket
 import sys
+import time
 import traceback
 from collections import Counter
 from collections.abc import Iterator
@@ -49,6 +50,7 @@ from .strategies import STRATEGIES, build_strategy
 
 FAILED_FILE = "failed.json"
 LOCK_FILE = ".running"
+UNWRITTEN_LOCK_S = 60  # a lock file still empty this long after its creation was left by a dead worker
 logger = logging.getLogger(__name__)
 
 
@@ -505,7 +507,11 @@ def _holder_alive(lock: Path) -> bool:
     try:
         holder = json.loads(lock.read_text())
     except (OSError, ValueError):
-        return True  # being written right now
+        # being written right now, or never will be: its worker died between creating and writing it
+        try:
+            return time.time() - lock.stat().st_mtime < UNWRITTEN_LOCK_S
+        except FileNotFoundError:
+            return False
     if holder.get("host") != socket.gethostname():
         return True  # another machine's worker: trust it
     try:
@@ -628,72 +634,72 @@ def main(argv: list[str] | None = None) -> None:
         "use_cpu, else 1)"
     )  # fmt: skip
     args = parser.parse_args(argv)
-    with exit_on_error():
+    with exit_on_error():  # a bad grid, filter or results.json: one message, not a traceback
         grid = Grid.from_yaml(args.grid)
         index, count = parse_shard(args.shard)
         filters = parse_filters(args.filter)
         grid.cells(filters)  # refuses unknown filters before anything runs
-    root = Path(args.output_dir or f"runs/{grid.name}")
+        root = Path(args.output_dir or f"runs/{grid.name}")
 
-    def stage_cells(stage: int) -> tuple[list[Cell], int]:
-        cells, waiting = grid.stage_cells(stage, root, filters)
-        return cells[index::count], waiting
+        def stage_cells(stage: int) -> tuple[list[Cell], int]:
+            cells, waiting = grid.stage_cells(stage, root, filters)
+            return cells[index::count], waiting
 
-    if args.status:
-        states = Counter()
+        if args.status:
+            states = Counter()
+            for stage in range(grid.stages):
+                cells, waiting = stage_cells(stage)
+                for cell in cells:
+                    state = cell_status(root, cell)
+                    states[state] += 1
+                    print(f"{state:<8} {cell.path}")
+                states["waiting"] += waiting
+            counted = ("done", "failed", "running", "pending")
+            waiting_line = f"; {states['waiting']} strategy stages wait for an earlier one" if grid.search else ""
+            print(", ".join(f"{states[s]} {s}" for s in counted) + f" of {sum(states[s] for s in counted)} cells"
+                  + waiting_line)  # fmt: skip
+            return
+        if args.dry_run:
+            cells = [cell for stage in grid.planned_cells(filters) for cell in stage[index::count]]  # as a run shards
+            for cell in cells:
+                print(f"{cell.path}\n    train.py {' '.join(grid.argv(cell, root / cell.path))}")
+            print(f"{len(cells)} cells" + (" (the search decides which points continue)" if grid.search else ""))
+            try:
+                print("\n".join(grid.cost(cells).lines()))
+            except MedftError as error:  # a grid without throughput figures still lists its cells
+                print(error)
+            return
+
+        configure_logging()
+        is_main = os.environ.get("RANK", "0") == "0"
+        outcomes: Counter[str] = Counter()
+        if args.ray is not None:
+            from .cluster import run_on_ray  # Ray is an optional extra
+
+            gpus = args.gpus_per_cell if args.gpus_per_cell is not None else 0 if grid.training.get("use_cpu") else 1
+            task = functools.partial(run_cell_in_worker, grid, root)
+
+            def run_stage(cells: list[Cell]) -> Iterator[tuple[Cell, str]]:
+                return run_on_ray(cells, task, args.ray or None, args.cpus_per_cell, gpus)
+        else:
+
+            def run_stage(cells: list[Cell]) -> Iterator[tuple[Cell, str]]:
+                return ((cell, run_cell(grid, cell, root)) for cell in cells)
+
+        total = waiting = 0
         for stage in range(grid.stages):
             cells, waiting = stage_cells(stage)
-            for cell in cells:
-                state = cell_status(root, cell)
-                states[state] += 1
-                print(f"{state:<8} {cell.path}")
-            states["waiting"] += waiting
-        counted = ("done", "failed", "running", "pending")
-        print(", ".join(f"{states[s]} {s}" for s in counted) + f" of {sum(states[s] for s in counted)} cells"
-              + (f"; {states['waiting']} strategy stages wait for an earlier one" if grid.search else ""))  # fmt: skip
-        return
-    if args.dry_run:
-        cells = [cell for stage in grid.planned_cells(filters) for cell in stage[index::count]]  # as a run shards
-        for cell in cells:
-            print(f"{cell.path}\n    train.py {' '.join(grid.argv(cell, root / cell.path))}")
-        print(f"{len(cells)} cells" + (" (the search decides which points continue)" if grid.search else ""))
-        try:
-            print("\n".join(grid.cost(cells).lines()))
-        except MedftError as error:  # a grid without throughput figures still lists its cells
-            print(error)
-        return
-
-    configure_logging()
-    is_main = os.environ.get("RANK", "0") == "0"
-    outcomes: Counter[str] = Counter()
-    if args.ray is not None:
-        from .cluster import run_on_ray  # Ray is an optional extra
-
-        gpus = args.gpus_per_cell if args.gpus_per_cell is not None else 0 if grid.training.get("use_cpu") else 1
-        task = functools.partial(run_cell_in_worker, grid, root)
-
-        def run_stage(cells: list[Cell]) -> Iterator[tuple[Cell, str]]:
-            with exit_on_error():
-                return run_on_ray(cells, task, args.ray or None, args.cpus_per_cell, gpus)
-    else:
-
-        def run_stage(cells: list[Cell]) -> Iterator[tuple[Cell, str]]:
-            return ((cell, run_cell(grid, cell, root)) for cell in cells)
-
-    total = waiting = 0
-    for stage in range(grid.stages):
-        cells, waiting = stage_cells(stage)
-        total += len(cells)
-        finished = run_stage(cells)
-        description = grid.name + (f" stage {stage + 1}/{grid.stages}" if grid.search else "")
-        for cell, outcome in tqdm(finished, desc=description, total=len(cells), unit="cell", disable=not is_main):
-            outcomes[outcome] += 1
-            if outcome == "failed" and is_main:
-                tqdm.write(f"failed: {cell.path} (see {root / cell.path / FAILED_FILE})")
-    if is_main:
-        pending = f"; {waiting} strategies wait for cells running elsewhere (rerun to go on)" if waiting else ""
-        print(f"{grid.name}: {dict(outcomes)} of {total} cells{pending}; results in {root}")
-    sys.exit(1 if outcomes["failed"] else 0)
+            total += len(cells)
+            finished = run_stage(cells)
+            description = grid.name + (f" stage {stage + 1}/{grid.stages}" if grid.search else "")
+            for cell, outcome in tqdm(finished, desc=description, total=len(cells), unit="cell", disable=not is_main):
+                outcomes[outcome] += 1
+                if outcome == "failed" and is_main:
+                    tqdm.write(f"failed: {cell.path} (see {root / cell.path / FAILED_FILE})")
+        if is_main:
+            pending = f"; {waiting} strategies wait for cells running elsewhere (rerun to go on)" if waiting else ""
+            print(f"{grid.name}: {dict(outcomes)} of {total} cells{pending}; results in {root}")
+        sys.exit(1 if outcomes["failed"] else 0)
 
 
 if __name__ == "__main__":

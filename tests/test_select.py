@@ -18,10 +18,11 @@ from medft_hf import train as train_lib
 from medft_hf.errors import MedftError
 from medft_hf.hub import model_card
 from medft_hf.metrics import balanced_accuracy_standard_error
+from medft_hf.modeling import BlockLayout
 from medft_hf.results import RunResult
 from medft_hf.selection.budget import Budget
 from medft_hf.selection.ranking import TrialRecord, choose
-from medft_hf.selection.space import rung_epochs
+from medft_hf.selection.space import SearchSpace, rung_epochs
 from medft_hf.selection.storage import ENDED_AT, STUDY_NAME, ended, requeue
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +78,10 @@ def test_budget_and_rungs():
     assert rung_epochs(9, 1, 3) == [1, 3, 9]
     assert rung_epochs(10, 2, 3) == [2, 3, 10]
     assert rung_epochs(2, 2, 3) == [2]
+    # the shortest rung is the fewest epochs every strategy runs in with the flags the user fixed
+    layout = BlockLayout(blocks=(("b0",), ("b1",)), head=("head",), new=("head",))
+    assert SearchSpace.build(["ft", "lpft"], {}, layout, final_epochs=9, reduction_factor=3).rungs == (2, 3, 9)
+    assert SearchSpace.build(["ft", "lpft"], {"lp_epochs": 3}, layout, 9, 3).rungs == (4, 9)
 
 
 def record(number: int, scores: dict[int, float], augmentation: str, error: float = 0.0103) -> TrialRecord:

@@ -253,6 +253,21 @@ def test_a_dry_run_shard_lists_the_cells_that_shard_runs_stage_by_stage(tmp_path
     assert listed[: len(rung[1::2])] == [str(cell.path) for cell in rung[1::2]], "the first stage as a run shards it"
     assert len(listed) == 6 + 2 + 2, "half of: 12 rung cells, 5 full runs on seed 0 (2 + 3), 4 on the other seeds"
 
+    main(["paper", "--dry-run", "--shard", "7/8", "--filter", "strategy=ft,seed=0,backbone=vgg19,dataset=ham10000-hf"])
+    assert "0 cells" in capsys.readouterr().out, "a shard left without cells costs nothing, and says so"
+
+
+def test_a_grid_whose_output_holds_an_unreadable_results_json_ends_with_one_message(tmp_path, capsys):
+    from medft_hf.study import main
+
+    selection = "dataset=breastmnist-local,backbone=efficientnet-lite0-local,strategy=ft"
+    write_result(tmp_path, "x", "ft", 0, 1e-3, 0.5, 0.6, folder=tmp_path / "rungs/e3/breastmnist-local/"
+                 "efficientnet-lite0-local/ft/learning_rate=0.0003/seed0")  # fmt: skip
+    (next(tmp_path.rglob("results.json"))).write_text('{"strategy": "ft"}')
+    with pytest.raises(SystemExit) as exited:
+        main(["cpu-v2", "--output_dir", str(tmp_path), "--status", "--filter", selection])
+    assert exited.value.code == 2 and capsys.readouterr().err.startswith("error: ")
+
 
 def test_a_cell_held_by_a_live_worker_is_not_run_twice_and_a_dead_workers_lock_is_taken_over(tmp_path):
     import socket
@@ -275,6 +290,12 @@ def test_a_cell_held_by_a_live_worker_is_not_run_twice_and_a_dead_workers_lock_i
             assert not second, "a second worker on the same cell backs off"
     assert not (folder / LOCK_FILE).exists()
     assert cell_status(tmp_path, cell) == "pending"
+    (folder / LOCK_FILE).touch()  # created, then its worker died before writing who it is
+    with cell_lock(folder) as held:
+        assert not held, "an empty lock may be in the middle of being written"
+    os.utime(folder / LOCK_FILE, (time.time() - 120, time.time() - 120))
+    with cell_lock(folder) as held:
+        assert held, "an empty lock a minute old was left by a dead worker: taken over"
 
 
 def test_status_lists_each_cells_state(tmp_path, capsys):

@@ -249,6 +249,10 @@ def test_help_shows_every_strategy_flag_with_its_default():
         (["--strategy", "lpft", "--ft_learning_rate=-1e-4"], "error: --ft_learning_rate -0.0001: must be > 0."),
         (["--strategy", "lpft", "--num_train_epochs", "2.5"], "error: --strategy lpft starts a new optimisation at"),
         (["--strategy", "lpft", "--max_steps", "3"], "give a whole number of --num_train_epochs and no --max_steps."),
+        (
+            ["--strategy", "lora", "--lora_dropout", "1.5"],
+            "error: --lora_dropout 1.5: must be below 1 (a probability).",
+        ),
         (["--augmentation", "heavy"], "argument --augmentation: invalid choice: 'heavy'"),
         (["--learning_rate", "-1"], "error: --learning_rate -1.0: must be > 0."),
         (["--per_device_train_batch_size", "0"], "error: --per_device_train_batch_size 0: must be >= 1."),

@@ -48,12 +48,15 @@ def _knob_range(strategy: str, knob: Knob) -> tuple[float, float, float]:
     return low, high, default
 
 
-def min_epochs(strategy: str, layout: BlockLayout, limit: int) -> int:
-    """The fewest epochs `strategy` accepts at its defaults (LP-FT needs one of LP and one of FT)."""
+def min_epochs(strategy: str, given: dict[str, Any], layout: BlockLayout, limit: int) -> int:
+    """The fewest epochs `strategy` accepts with the flags the user gave, else its defaults (LP-FT needs one epoch of
+    LP and one of FT; with --lp_epochs 3, four)."""
+    config_class = STRATEGIES[strategy].config_class
+    config = config_class(**{f.name: given[f.name] for f in fields(config_class) if f.name in given})
     errors = []
     for epochs in range(1, limit + 1):
         try:
-            build_strategy(strategy, None, layout, epochs)
+            build_strategy(strategy, config, layout, epochs)
         except MedftError as error:
             errors.append(str(error))
             continue
@@ -86,7 +89,7 @@ class SearchSpace:
         if unknown or not strategies:
             raise MedftError(f"--strategies {' '.join(strategies)}: choose among {', '.join(STRATEGIES)}.")
         searched = {"learning_rate", "augmentation", *(knob.name for knob in KNOBS)}
-        first = max(min_epochs(name, layout, final_epochs) for name in strategies)
+        first = max(min_epochs(name, given, layout, final_epochs) for name in strategies)
         for name in strategies:
             for knob in KNOBS:
                 if knob.name not in given and _has(name, knob):

@@ -10,6 +10,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from ..errors import MedftError
 from ..modeling import BlockLayout
 from .base import Strategy, StrategyConfig, register_strategy
 
@@ -55,6 +56,11 @@ class LoRA(Strategy):
         new = set(self.layout.new)
         self.frozen = {name for name, _ in model.named_parameters() if "lora_" not in name and name not in new}
         return model
+
+    def check(self, num_epochs: int) -> None:
+        super().check(num_epochs)
+        if self.config.lora_dropout >= 1:
+            raise MedftError(f"--lora_dropout {self.config.lora_dropout}: must be below 1 (a probability).")
 
     def frozen_tensors(self, epoch: int) -> set[str]:
         return self.frozen
