@@ -210,11 +210,12 @@ class Grid:
         as a search rung (LP-FT needs 2 epochs), is a problem too: its runs would all fail."""
         rungs = self.searching.rungs if self.search else ()
         problems = []
-        for name in self.names("backbones"):
+        for name, dataset in itertools.product(self.names("backbones"), self._datasets_with_own_flags()):
             layout = architecture_layout(self.entry("backbones", name)["model"])
+            on = name if dataset is None else f"{name} with {dataset}"
             built = {}
             for strategy in self.strategies:
-                flags = {**self.training, **self.overrides.get(strategy, {})}
+                flags = self.fixed_flags(dataset, strategy)
                 epochs = math.ceil(float(flags.get("num_train_epochs", defaults.NUM_TRAIN_EPOCHS)))
                 config_class = STRATEGIES[strategy].config_class
                 config = config_class(**{f.name: flags[f.name] for f in fields(config_class) if f.name in flags})
@@ -223,7 +224,7 @@ class Grid:
                         built_strategy = build_strategy(strategy, config, layout, length)
                     except MedftError as error:
                         at_rung = f" at the search's {length}-epoch rung" if length != epochs else ""
-                        problems.append(f"{strategy} on {name}{at_rung}: {error}")
+                        problems.append(f"{strategy} on {on}{at_rung}: {error}")
                         break
                     if length == epochs:
                         built[strategy] = built_strategy
@@ -233,7 +234,7 @@ class Grid:
                 if signature is not None:
                     by_schedule.setdefault((len(signature), signature), []).append(strategy)
             problems += [
-                f"on {name} at {epochs} epochs, {' and '.join(same)} train identically (the same blocks frozen in "
+                f"on {on} at {epochs} epochs, {' and '.join(same)} train identically (the same blocks frozen in "
                 "every epoch); raise num_train_epochs or drop all but one"
                 for (epochs, _), same in by_schedule.items()
                 if len(same) > 1
@@ -243,11 +244,13 @@ class Grid:
     def _search_problems(self) -> list[str]:
         search = self.searching
         problems = [f"search seed {s} is not among the grid's seeds" for s in search.seeds if s not in self.seeds]
-        for strategy in self.strategies:
-            flags = {**self.training, **self.overrides.get(strategy, {})}
-            epochs = flags.get("num_train_epochs", defaults.NUM_TRAIN_EPOCHS)
+        for strategy, dataset in itertools.product(self.strategies, self._datasets_with_own_flags()):
+            epochs = self.fixed_flags(dataset, strategy).get("num_train_epochs", defaults.NUM_TRAIN_EPOCHS)
             if search.rungs and max(search.rungs) >= epochs:
-                problems.append(f"search rungs {list(search.rungs)} must be shorter than {strategy}'s {epochs} epochs")
+                on = "" if dataset is None else f" on {dataset}"
+                problems.append(
+                    f"search rungs {list(search.rungs)} must be shorter than {strategy}'s {epochs} epochs{on}"
+                )
         return problems
 
     @functools.cached_property
@@ -347,6 +350,19 @@ class Grid:
                 cells.append(Cell(dataset, backbone, strategy, seed, point))
         return _filtered(cells, filters or {})
 
+    def fixed_flags(self, dataset: str | None, strategy: str) -> dict[str, Any]:
+        """The train.py flags every cell of `strategy` on `dataset` (None: a dataset without `train_flags`) shares,
+        before its sweep point: the grid's, the dataset entry's, the strategy's overrides. The grid's checks and its
+        cells read the same merge."""
+        own = self.entry("datasets", dataset).get("train_flags", {}) if dataset is not None else {}
+        overrides = {k: v for k, v in self.overrides.get(strategy, {}).items() if k != "sweep"}
+        return {**self.training, **own, **overrides}
+
+    def _datasets_with_own_flags(self) -> list[str | None]:
+        """None for the datasets that take the grid's flags as they are, and each dataset with `train_flags`."""
+        own = [name for name in self.names("datasets") if self.entry("datasets", name).get("train_flags")]
+        return [None, *own] if len(own) < len(self.names("datasets")) else own
+
     def flags(self, cell: Cell, output_dir: Path) -> dict[str, Any]:
         """The train.py arguments of one cell, typed as the grid file gives them."""
         dataset = self.entry("datasets", cell.dataset)
@@ -355,9 +371,7 @@ class Grid:
             "model": self.entry("backbones", cell.backbone)["model"],
             "dataset": dataset["path"],
             **{key: dataset[key] for key in ("dataset_config", "image_column", "label_column") if key in dataset},
-            **self.training,
-            **dataset.get("train_flags", {}),
-            **{k: v for k, v in self.overrides.get(cell.strategy, {}).items() if k != "sweep"},
+            **self.fixed_flags(cell.dataset, cell.strategy),
             **dict(cell.sweep),
             # a rung only ranks settings on validation: its test split stays unseen (and unpaid for)
             **({"num_train_epochs": cell.epochs, "skip_test": True} if cell.epochs else {}),

@@ -80,6 +80,11 @@ def test_a_grid_whose_strategies_would_train_identically_is_refused(tiny_model, 
     spec["training"]["num_train_epochs"] = 3
     path.write_text(yaml.safe_dump(spec))
     assert len(Grid.from_yaml(path).cells()) == 5
+    # a dataset entry's own flags are checked as its cells will get them
+    spec["datasets"].append({"name": "short-data", "path": "x", "train_flags": {"num_train_epochs": 2}})
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(MedftError, match="on tiny with short-data at 2 epochs, gu_lf and gu_fl train identically"):
+        Grid.from_yaml(path)
 
 
 def test_filters_and_sweeps_make_the_expected_cells():
