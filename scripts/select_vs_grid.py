@@ -15,7 +15,6 @@ runs' results.json are copied to docs/results/select-vs-grid/<dataset>.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 from pathlib import Path
@@ -25,7 +24,7 @@ import pandas as pd
 from medft_hf.report import collect, select_on_validation, summary
 from medft_hf.results import RESULTS_FILE, RunResult
 from medft_hf.select import main as select_main
-from medft_hf.selection.ranking import RANKING_JSON, RANKING_MD
+from medft_hf.selection.ranking import RANKING_JSON, RANKING_MD, Ranking
 from medft_hf.study import Cell, Grid, cell_status, parse_filters
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,15 +78,15 @@ def table() -> str:
     ]
     for folder in sorted(p for p in DOCS.iterdir() if (p / RANKING_JSON).is_file()):
         dataset = folder.name
-        ranking = json.loads((folder / RANKING_JSON).read_text())
+        ranking = Ranking.load(folder)
         finished = grid_runs(dataset)
         grid_hours = sum(r.train_runtime_s for r in finished) / 3600
-        search_hours = sum(t["seconds"] for t in ranking["trials"]) / 3600
+        search_hours = sum(t.seconds for t in ranking.trials) / 3600
         cases = grid[grid["dataset"] == dataset].set_index("strategy")
         best = cases["test_balanced_accuracy_mean"].idxmax()
         best_mean, best_std = cases.loc[best, ["test_balanced_accuracy_mean", "test_balanced_accuracy_std"]]
-        picked = ranking["choice"]["trial"]["configuration"]["strategy"]
-        tests = pd.Series([row["test"]["balanced_accuracy"] for row in ranking["final"] if row["test"]])
+        picked = ranking.choice.trial.configuration["strategy"]
+        tests = pd.Series([row["test"]["balanced_accuracy"] for row in ranking.final if row["test"]])
         spread = f"{tests.mean():.3f}" + (f" ± {tests.std():.3f}" if len(tests) > 1 else "") + f" (n={len(tests)})"
         own = _mean_std(cases, picked) if picked in cases.index else "–"
         floor = best_mean - best_std
@@ -97,8 +96,8 @@ def table() -> str:
             row_within = "yes" if cases.loc[picked, "test_balanced_accuracy_mean"] >= floor else "no"
         lines.append(
             f"| {dataset} | {sum(r.num_train_epochs for r in finished)} ({grid_hours:.2f}) | "
-            f"{ranking['budget']['budget']} (search {ranking['budget']['search_used']}, final "
-            f"{ranking['budget']['final_used']}; {search_hours:.2f}) | {best} {_mean_std(cases, best)} | "
+            f"{ranking.budget['budget']} (search {ranking.budget['search_used']}, final "
+            f"{ranking.budget['final_used']}; {search_hours:.2f}) | {best} {_mean_std(cases, best)} | "
             f"{picked} | {spread} | {own} | {within} | {row_within} |"
         )
     return "\n".join(lines) + "\n"

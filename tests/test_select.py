@@ -21,7 +21,7 @@ from medft_hf.metrics import balanced_accuracy_standard_error
 from medft_hf.modeling import BlockLayout
 from medft_hf.results import RunResult
 from medft_hf.selection.budget import Budget
-from medft_hf.selection.ranking import TrialRecord, choose
+from medft_hf.selection.ranking import Ranking, TrialRecord, choose
 from medft_hf.selection.space import SearchSpace, rung_epochs
 from medft_hf.selection.storage import ENDED_AT, STUDY_NAME, ended, requeue
 
@@ -130,39 +130,39 @@ def test_tiny_search_writes_ranking_and_final_model(tiny_model, tiny_dataset, tm
     output_dir = tmp_path / "search"
     selection = search(tiny_model, tiny_dataset, output_dir)
 
-    ranking = json.loads((output_dir / "ranking.json").read_text())
-    trials = ranking["trials"]
+    ranking = Ranking.load(output_dir)
+    assert ranking == selection.ranking, "ranking.json reads back as the search's own record"
     # every strategy was tried, each trial's scores are its runs' validation scores, and no run saw the test split
-    assert {t["configuration"]["strategy"] for t in trials} == {"ft", "lp"}
-    for trial in trials:
-        for epochs, score in trial["scores"].items():
-            result = RunResult.load(output_dir / "trials" / trial["folder"] / f"e{epochs}")
-            assert result.num_train_epochs == int(epochs)
+    assert {t.configuration["strategy"] for t in ranking.trials} == {"ft", "lp"}
+    for trial in ranking.trials:
+        for epochs, score in trial.scores.items():
+            result = RunResult.load(output_dir / "trials" / trial.folder / f"e{epochs}")
+            assert result.num_train_epochs == epochs
             assert result.validation["balanced_accuracy"] == score
             assert result.test is None
         # the standard error is the one of the score at the trial's longest rung
-        top = RunResult.load(output_dir / "trials" / trial["folder"] / f"e{max(map(int, trial['scores']))}")
-        assert trial["standard_error"] == pytest.approx(
+        top = RunResult.load(output_dir / "trials" / trial.folder / f"e{trial.top[0]}")
+        assert trial.standard_error == pytest.approx(
             balanced_accuracy_standard_error(top.validation["confusion_matrix"]), abs=1e-6
         )
     # the budget: trials' epochs and the final run's add up to at most 8
-    assert sum(t["epochs"] for t in trials) + 2 * ranking["budget"]["final_seeds"] <= 8
-    assert ranking["choice"]["trial"]["number"] in ranking["choice"]["tied"]
+    assert sum(t.epochs for t in ranking.trials) + 2 * ranking.budget["final_seeds"] <= 8
+    assert ranking.choice.trial.number in ranking.choice.tied
     # the final model: train.py's layout, the chosen configuration at the full epochs, tested once
     model = RunResult.load(selection.model_dir)
-    chosen = ranking["choice"]["trial"]["configuration"]
+    chosen = ranking.choice.trial.configuration
     assert (model.strategy, model.learning_rate, model.num_train_epochs) == (
         chosen["strategy"],
         chosen["learning_rate"],
         2,
     )
     assert model.test is not None and (selection.model_dir / "model.safetensors").is_file()
-    assert ranking["final"][0]["test"]["balanced_accuracy"] == model.test["balanced_accuracy"]
+    assert ranking.final[0]["test"]["balanced_accuracy"] == model.test["balanced_accuracy"]
     assert "**Chosen**: trial" in (output_dir / "ranking.md").read_text()
     # its model card says how it was chosen
-    assert model.selection["reason"] == ranking["choice"]["reason"]
+    assert model.selection["reason"] == ranking.choice.reason
     card = str(model_card(model, "someone/chosen"))
-    assert "## How this configuration was chosen" in card and ranking["choice"]["reason"] in card
+    assert "## How this configuration was chosen" in card and ranking.choice.reason in card
 
 
 def test_rerun_after_interruption_repeats_no_finished_run(tiny_model, tiny_dataset, tmp_path, monkeypatch):

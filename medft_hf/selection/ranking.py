@@ -9,6 +9,7 @@ validation images."""
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,6 +61,20 @@ class Ranking:
     choice: Choice
     budget: dict[str, Any]
     final: list[dict[str, Any]] = field(default_factory=list)  # per seed: folder and test metrics
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Ranking:
+        """The ranking a search wrote to `folder`/ranking.json, typed as it was written."""
+        path = Path(folder) / RANKING_JSON
+        if not path.is_file():
+            raise MedftError(f"{folder}: no {RANKING_JSON} (a search writes it once it has chosen).")
+        data = json.loads(path.read_text())
+
+        def trial(record: dict[str, Any]) -> TrialRecord:  # JSON's keys are strings; a rung's is its epoch count
+            return TrialRecord(**{**record, "scores": {int(k): v for k, v in record["scores"].items()}})
+
+        choice = Choice(**{**data["choice"], "trial": trial(data["choice"]["trial"])})
+        return cls(trials=[trial(t) for t in data["trials"]], choice=choice, budget=data["budget"], final=data["final"])
 
 
 def records(study: optuna.Study, space: SearchSpace, trials_dir: Path) -> list[TrialRecord]:
