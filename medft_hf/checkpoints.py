@@ -63,15 +63,23 @@ def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
     return None
 
 
+def _differs(saved: Any, value: Any) -> bool:
+    """A group of settings (a dict) differs in a key both record; any other value, as a whole."""
+    if isinstance(saved, dict) and isinstance(value, dict):
+        return any(key in saved and _differs(saved[key], item) for key, item in value.items())
+    return saved != value
+
+
 def load_checkpoint_state(checkpoint: Path, identity: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint's saved state, after checking that it was made by the same run: `identity` holds the data,
     the model and every setting that shapes training (resuming with another --sp_alpha, --seed or epoch count would
-    silently splice two runs). A key the checkpoint does not record (it predates the key) is not checked."""
+    silently splice two runs). A key the checkpoint does not record, at any depth (it predates the key), is not
+    checked."""
     saved = json.loads((checkpoint / STATE_FILE).read_text())
     mismatches = [
         f"{name}: checkpoint {saved['identity'][name]!r}, this run {value!r}"
         for name, value in identity.items()
-        if name in saved["identity"] and saved["identity"][name] != value
+        if name in saved["identity"] and _differs(saved["identity"][name], value)
     ]
     if mismatches:
         raise MedftError(

@@ -428,11 +428,17 @@ def write_report(root: str | Path, out: str | Path, metric: str = "balanced_accu
         "",
         "## Each strategy against ft, over cases",
         "",
-        "Per case (dataset × backbone), the mean over seeds of the paired difference strategy − ft; then over cases: "
-        "the mean and median, a 95% bootstrap interval, how many cases gain (and notably), the exact two-sided "
-        f"Wilcoxon signed-rank p and its Holm adjustment over the {len(others)} comparisons.",
-        "",
-        tests_markdown(tests) if has_ft else no_ft,
+        *(
+            [
+                "Per case (dataset × backbone), the mean over seeds of the paired difference strategy − ft; then over "
+                "cases: the mean and median, a 95% bootstrap interval, how many cases gain (and notably), the exact "
+                f"two-sided Wilcoxon signed-rank p and its Holm adjustment over the {len(others)} comparisons.",
+                "",
+                tests_markdown(tests),
+            ]
+            if has_ft
+            else [no_ft]
+        ),
         "",
         "Best alternative to ft per backbone (mean Δ over datasets): "
         + (", ".join(f"{b}: {r['strategy']} ({r['mean_difference']:+.3f})" for b, r in alternatives.items()) or "–")

@@ -111,7 +111,9 @@ def select(args: SelectArguments, flags: dict[str, Any]) -> Selection:
     if args.seeds < 1 or args.reduction_factor < 2:
         raise MedftError("--seeds must be >= 1 and --reduction_factor >= 2.")
     output_dir = Path(flags["output_dir"])
-    base = {key: value for key, value in flags.items() if key != "output_dir"}
+    # Trial runs log one line per epoch, no bars (the search has its own); stored so in the search's settings, as
+    # searches begun from the command line always did, whoever starts or continues it.
+    base = {**{key: value for key, value in flags.items() if key != "output_dir"}, "disable_tqdm": True}
     model_args, _, _, training_args = parse_dict(base)  # every flag checked now, before anything is written
     final_epochs = math.ceil(training_args.num_train_epochs)
     space = SearchSpace.build(

@@ -46,7 +46,7 @@ from .cost import CostModel, Estimate, estimate
 from .errors import MedftError, exit_on_error
 from .modeling import architecture_layout
 from .results import RESULTS_FILE, RUNGS_FOLDER, RunResult, is_finished_run, ranked_settings, write_json_atomic
-from .strategies import STRATEGIES, build_strategy
+from .strategies import STRATEGIES, build_strategy, check_run_length
 
 FAILED_FILE = "failed.json"
 LOCK_FILE = ".running"
@@ -205,9 +205,10 @@ class Grid:
 
     def coinciding_schedules(self) -> list[str]:
         """Strategies of the grid that would train identically (e.g. gu_lf and gu_fl at 2 epochs): comparing them
-        would measure nothing but seed noise. Checked on each backbone's architecture, at the grid's epoch count and
-        each strategy's fixed flags (swept flags are not expanded). A strategy that cannot run that long, or as long
-        as a search rung (LP-FT needs 2 epochs), is a problem too: its runs would all fail."""
+        would measure nothing but seed noise. Checked on each backbone's architecture, at the epoch count and each
+        strategy's fixed flags, once per distinct schedule (a dataset's own flags may change it; swept flags are not
+        expanded). A strategy that cannot run that long (LP-FT: at least 2 epochs, a whole number), or as long as a
+        search rung, is a problem too: its runs would all fail."""
         rungs = self.searching.rungs if self.search else ()
         problems = []
         for name, dataset in itertools.product(self.names("backbones"), self._datasets_with_own_flags()):
@@ -216,12 +217,15 @@ class Grid:
             built = {}
             for strategy in self.strategies:
                 flags = self.fixed_flags(dataset, strategy)
-                epochs = math.ceil(float(flags.get("num_train_epochs", defaults.NUM_TRAIN_EPOCHS)))
+                epoch_count = float(flags.get("num_train_epochs", defaults.NUM_TRAIN_EPOCHS))
+                epochs = math.ceil(epoch_count)
                 config_class = STRATEGIES[strategy].config_class
                 config = config_class(**{f.name: flags[f.name] for f in fields(config_class) if f.name in flags})
                 for length in (epochs, *rungs):
                     try:
                         built_strategy = build_strategy(strategy, config, layout, length)
+                        if length == epochs:
+                            check_run_length(built_strategy, epoch_count, flags.get("max_steps", -1))
                     except MedftError as error:
                         at_rung = f" at the search's {length}-epoch rung" if length != epochs else ""
                         problems.append(f"{strategy} on {on}{at_rung}: {error}")
@@ -356,11 +360,17 @@ class Grid:
         cells read the same merge."""
         own = self.entry("datasets", dataset).get("train_flags", {}) if dataset is not None else {}
         overrides = {k: v for k, v in self.overrides.get(strategy, {}).items() if k != "sweep"}
-        return {**self.training, **own, **overrides}
+        return {key: value for key, value in {**self.training, **own, **overrides}.items() if value is not None}
 
     def _datasets_with_own_flags(self) -> list[str | None]:
-        """None for the datasets that take the grid's flags as they are, and each dataset with `train_flags`."""
-        own = [name for name in self.names("datasets") if self.entry("datasets", name).get("train_flags")]
+        """None for the datasets whose `train_flags` leave every strategy's schedule as the grid's, and each dataset
+        whose flags change one (its epoch count or a strategy flag): the checks run once per distinct schedule."""
+        shaping = {"num_train_epochs"} | {f.name for cls in STRATEGIES.values() for f in fields(cls.config_class)}
+        own = [
+            name
+            for name in self.names("datasets")
+            if shaping & set(self.entry("datasets", name).get("train_flags", {}))
+        ]
         return [None, *own] if len(own) < len(self.names("datasets")) else own
 
     def flags(self, cell: Cell, output_dir: Path) -> dict[str, Any]:

@@ -43,7 +43,13 @@ from .modeling import (
 )
 from .progress import use_epoch_log
 from .results import RESULTS_FILE, RunResult, environment, epoch_history, is_finished_run, save_model_atomic
-from .strategies import STRATEGIES, build_strategy, coinciding_strategies, strategy_config_classes
+from .strategies import (
+    STRATEGIES,
+    build_strategy,
+    check_run_length,
+    coinciding_strategies,
+    strategy_config_classes,
+)
 from .trainer import StrategyTrainer
 
 logger = logging.getLogger("medft_hf")
@@ -240,12 +246,12 @@ class MedftTrainingArguments(TrainingArguments):
 
 
 # With the strategy's, data's and model's settings, what a checkpoint must match: it resumes only the run that wrote it.
+# Not --optim: transformers' default follows the torch version, and its state loads across the AdamW implementations.
 OPTIMISATION_SETTINGS = (
     "seed",
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
     "weight_decay",
-    "optim",
     "lr_scheduler_type",
     "warmup_steps",
     "max_grad_norm",
@@ -379,12 +385,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
     layout = BlockLayout.from_model(model)
     num_epochs = math.ceil(training_args.num_train_epochs)
     strategy = build_strategy(model_args.strategy, config, layout, num_epochs)
-    if len(strategy.phases()) > 1 and (training_args.max_steps > 0 or num_epochs != training_args.num_train_epochs):
-        # The schedule restarts at a step computed from whole epochs; a partial epoch would move it off the switch.
-        raise MedftError(
-            f"--strategy {strategy.name} starts a new optimisation at an epoch boundary: give a whole number of "
-            "--num_train_epochs and no --max_steps."
-        )
+    check_run_length(strategy, training_args.num_train_epochs, training_args.max_steps)
     alike = coinciding_strategies(strategy)
     if alike:
         logger.warning(

@@ -196,3 +196,8 @@ def test_a_checkpoint_is_checked_on_every_setting_it_records_and_older_ones_stil
     assert load_checkpoint_state(tmp_path, now)["identity"]["strategy"] == "ft"
     with pytest.raises(MedftError, match=r"learning_rate: checkpoint 0\.001, this run 0\.01"):
         load_checkpoint_state(tmp_path, {**now, "learning_rate": 0.01})
+    # inside a group of settings too: a key the checkpoint lacks is not checked, one it has is
+    (tmp_path / STATE_FILE).write_text(json.dumps({"identity": {"optimisation": {"seed": 1}}}))
+    assert load_checkpoint_state(tmp_path, {"optimisation": {"seed": 1, "max_grad_norm": 1.0}})
+    with pytest.raises(MedftError, match="optimisation: checkpoint"):
+        load_checkpoint_state(tmp_path, {"optimisation": {"seed": 2, "max_grad_norm": 1.0}})

@@ -77,7 +77,12 @@ def test_a_grid_whose_strategies_would_train_identically_is_refused(tiny_model, 
         Grid.from_yaml(path)
     assert "lp and gu_lf and gu_fl train identically" in str(error.value)
     assert "lpft on tiny: --strategy lpft needs at least 2 epochs" in str(error.value)
+    spec["training"]["num_train_epochs"] = 3.5
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(MedftError, match="lpft on tiny: --strategy lpft starts a new optimisation at an epoch bound"):
+        Grid.from_yaml(path)
     spec["training"]["num_train_epochs"] = 3
+    spec["overrides"] = {"lpft": {"ft_warmup_ratio": None}}  # null in YAML: the flag's default, as in the cells
     path.write_text(yaml.safe_dump(spec))
     assert len(Grid.from_yaml(path).cells()) == 5
     # a dataset entry's own flags are checked as its cells will get them
@@ -599,7 +604,8 @@ def test_a_report_of_ft_alone_says_there_is_nothing_to_compare(tmp_path):
     report = write_report(tmp_path / "runs", tmp_path / "report").read_text()
     assert "| d1 | net | **0.610 ± 0.010** |" in report and "2 epochs. The paper" in report
     assert report.count("Nothing to compare: these results need `ft` runs and runs of another strategy.") == 2
-    assert "Each comparison with ft" not in report and not (tmp_path / "report" / "delta_vs_ft.png").exists()
+    assert "Each comparison with ft" not in report and "Holm adjustment" not in report
+    assert not (tmp_path / "report" / "delta_vs_ft.png").exists()
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from .base import (
     Strategy,
     StrategyConfig,
     build_strategy,
+    check_run_length,
     coinciding_strategies,
     register_strategy,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "auto_rgn",
     "bitfit",
     "build_strategy",
+    "check_run_length",
     "coinciding_strategies",
     "ft",
     "gradual_unfreezing",

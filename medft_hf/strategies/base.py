@@ -12,6 +12,7 @@ changes; the defaults are full fine-tuning.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
@@ -198,6 +199,16 @@ def build_strategy(name: str, config: StrategyConfig | None, layout: BlockLayout
     strategy.num_epochs = num_epochs
     strategy.check(num_epochs)
     return strategy
+
+
+def check_run_length(strategy: Strategy, num_train_epochs: float, max_steps: int = -1) -> None:
+    """A strategy with several phases restarts its schedule at a step computed from whole epochs: a partial last
+    epoch (a fractional epoch count, or --max_steps) would move the restart off the real switch."""
+    if len(strategy.phases()) > 1 and (max_steps > 0 or num_train_epochs != math.ceil(num_train_epochs)):
+        raise MedftError(
+            f"--strategy {strategy.name} starts a new optimisation at an epoch boundary: give a whole number of "
+            "--num_train_epochs and no --max_steps."
+        )
 
 
 def coinciding_strategies(strategy: Strategy) -> list[str]:
