@@ -89,6 +89,19 @@ def record(number: int, scores: dict[int, float], augmentation: str, error: floa
                        scores, sum(scores), 1.0, f"{number:03d}-ft", standard_error=error)  # fmt: skip
 
 
+def test_each_strategys_first_trial_is_at_its_defaults_which_follow_a_fixed_learning_rate():
+    layout = BlockLayout(blocks=(("b0",), ("b1",)), head=("head",), new=("head",))
+    points = SearchSpace.build(["lpft", "l1sp"], {}, layout, 8, 3).starting_points()
+    assert points[0] == {"strategy": "lpft", "learning_rate": 1e-3, "augmentation": "light",
+                         "lpft.ft_learning_rate": 1e-3}  # fmt: skip
+    assert points[1]["l1sp.sp_alpha"] == 1e-4
+    # LP-FT's fine-tuning rate defaults to the run's rate: with --learning_rate fixed, it starts there
+    fixed = SearchSpace.build(["lpft"], {"learning_rate": 3e-3}, layout, 8, 3).starting_points()
+    assert fixed == [{"strategy": "lpft", "augmentation": "light", "lpft.ft_learning_rate": 3e-3}]
+    above = SearchSpace.build(["lpft"], {"learning_rate": 0.1}, layout, 8, 3).starting_points()
+    assert above[0]["lpft.ft_learning_rate"] == 1e-2, "brought inside the searched range"
+
+
 def test_validation_ties_go_to_the_default_augmentation():
     # PneumoniaMNIST's search: 270 validation images, the top configurations within 0.01 of each other; given out
     # of order, as choose() must not rely on it

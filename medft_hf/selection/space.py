@@ -35,17 +35,22 @@ class Knob:
 KNOBS = (Knob("sp_alpha"), Knob("ft_learning_rate"))
 
 
-def _knob_range(strategy: str, knob: Knob) -> tuple[float, float, float]:
-    """(low, high, default) of `knob` for `strategy`, from its config dataclass, its defaults and its bounds."""
+def _own_default(strategy: str, knob: Knob) -> float | None:
     cls = STRATEGIES[strategy]
-    default = cls.defaults.get(knob.name, next(f.default for f in fields(cls.config_class) if f.name == knob.name))
+    return cls.defaults.get(knob.name, next(f.default for f in fields(cls.config_class) if f.name == knob.name))
+
+
+def _knob_range(strategy: str, knob: Knob) -> tuple[float, float]:
+    """(low, high) of `knob` for `strategy`, from its config dataclass, its defaults and its bounds."""
+    cls = STRATEGIES[strategy]
+    default = _own_default(strategy, knob)
     if default is None:
-        return (*LEARNING_RATES, DEFAULT_LEARNING_RATE)
+        return LEARNING_RATES
     low, high = default / knob.span, default * knob.span
     relation, limit = cls.config_class.bounds.get(knob.name, (">=", 0.0))
     if low < limit or (relation == ">" and low == limit):
         raise MedftError(f"{strategy}: the searched range of --{knob.name} crosses its bound {relation} {limit:g}.")
-    return low, high, default
+    return low, high
 
 
 def min_epochs(strategy: str, given: dict[str, Any], layout: BlockLayout, limit: int) -> int:
@@ -80,6 +85,7 @@ class SearchSpace:
     fixed: frozenset[str]  # train flags the user passed: not searched
     rungs: tuple[int, ...]
     reduction_factor: int
+    learning_rate: float = DEFAULT_LEARNING_RATE  # the run's, which a knob defaulting to None follows
 
     @classmethod
     def build(
@@ -99,6 +105,7 @@ class SearchSpace:
             frozenset(searched & set(given)),
             tuple(rung_epochs(final_epochs, first, reduction_factor)),
             reduction_factor,
+            given.get("learning_rate", DEFAULT_LEARNING_RATE),
         )
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
@@ -110,7 +117,7 @@ class SearchSpace:
         if "augmentation" not in self.fixed:
             flags["augmentation"] = trial.suggest_categorical("augmentation", list(AUGMENTATIONS))
         for knob in self.knobs(strategy):
-            low, high, _ = _knob_range(strategy, knob)
+            low, high = _knob_range(strategy, knob)
             flags[knob.name] = trial.suggest_float(f"{strategy}.{knob.name}", low, high, log=True)
         return flags
 
@@ -126,9 +133,18 @@ class SearchSpace:
                 point["learning_rate"] = DEFAULT_LEARNING_RATE
             if "augmentation" not in self.fixed:
                 point["augmentation"] = DEFAULT_AUGMENTATION
-            point.update({f"{strategy}.{k.name}": _knob_range(strategy, k)[2] for k in self.knobs(strategy)})
+            point.update({f"{strategy}.{k.name}": self._default(strategy, k) for k in self.knobs(strategy)})
             points.append(point)
         return points
+
+    def _default(self, strategy: str, knob: Knob) -> float:
+        """The knob's value when the user leaves it alone: its own default, or (a None default, e.g. LP-FT's
+        fine-tuning rate) the run's learning rate, brought inside the searched range."""
+        default = _own_default(strategy, knob)
+        if default is not None:
+            return default
+        low, high = _knob_range(strategy, knob)
+        return min(max(self.learning_rate, low), high)
 
     def pruning_step(self, rung: int) -> int:
         """Rung k is reported to Optuna at step η^k, where its successive-halving pruner (min_resource 1) puts it."""
