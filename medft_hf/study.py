@@ -211,16 +211,17 @@ class Grid:
         search rung, is a problem too: its runs would all fail."""
         rungs = self.searching.rungs if self.search else ()
         problems = []
-        for name, dataset in itertools.product(self.names("backbones"), self._datasets_with_own_flags()):
-            layout = architecture_layout(self.entry("backbones", name)["model"])
+        layouts = {
+            name: architecture_layout(self.entry("backbones", name)["model"]) for name in self.names("backbones")
+        }
+        for (name, layout), dataset in itertools.product(layouts.items(), self._datasets_with_own_flags()):
             on = name if dataset is None else f"{name} with {dataset}"
             built = {}
             for strategy in self.strategies:
                 flags = self.fixed_flags(dataset, strategy)
                 epoch_count = float(flags.get("num_train_epochs", defaults.NUM_TRAIN_EPOCHS))
                 epochs = math.ceil(epoch_count)
-                config_class = STRATEGIES[strategy].config_class
-                config = config_class(**{f.name: flags[f.name] for f in fields(config_class) if f.name in flags})
+                config = STRATEGIES[strategy].config_class.from_flags(flags)
                 for length in (epochs, *rungs):
                     try:
                         built_strategy = build_strategy(strategy, config, layout, length)

@@ -56,8 +56,7 @@ def _knob_range(strategy: str, knob: Knob) -> tuple[float, float]:
 def min_epochs(strategy: str, given: dict[str, Any], layout: BlockLayout, limit: int) -> int:
     """The fewest epochs `strategy` accepts with the flags the user gave, else its defaults (LP-FT needs one epoch of
     LP and one of FT; with --lp_epochs 3, four)."""
-    config_class = STRATEGIES[strategy].config_class
-    config = config_class(**{f.name: given[f.name] for f in fields(config_class) if f.name in given})
+    config = STRATEGIES[strategy].config_class.from_flags(given)
     errors = []
     for epochs in range(1, limit + 1):
         try:

@@ -54,6 +54,11 @@ class StrategyConfig:
         if problems:
             raise MedftError("; ".join(problems) + ".")
 
+    @classmethod
+    def from_flags(cls, flags: dict[str, Any]) -> StrategyConfig:
+        """The config of the flags among `flags` that are this config's fields (train.py flags of a grid or search)."""
+        return cls(**{f.name: flags[f.name] for f in fields(cls) if f.name in flags})
+
     def resolved(self, defaults: dict[str, Any]) -> StrategyConfig:
         """This config with every None that `defaults` has a value for replaced by it."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
