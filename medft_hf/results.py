@@ -176,11 +176,17 @@ def epoch_history(log_history: list[dict[str, Any]], trainable_per_epoch: dict[i
     return [rows[epoch] for epoch in sorted(rows)]
 
 
-def environment() -> dict[str, Any]:
-    """The hardware and software a run used, for reports and model cards."""
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+def environment(device: torch.device) -> dict[str, Any]:
+    """The hardware and software a run used, for reports and model cards. `device` is the one the run trained on: a
+    `--use_cpu` run on a machine with a GPU ran on the CPU."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    elif device.type == "cpu":
+        name = f"CPU ({os.cpu_count()} cores)"
+    else:
+        name = str(device)
     return {
-        "device": device,
+        "device": name,
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,

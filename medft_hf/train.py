@@ -521,7 +521,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         history=epoch_history(trainer.state.log_history, trainer.trainable_per_epoch),
         strategy_state=strategy.state_dict(),
         train_runtime_s=train_output.metrics["train_runtime"],
-        environment=environment(),
+        environment=environment(training_args.device),
     )
 
     # 5. Save: model and figures first, results.json last (its presence marks a finished run); then push.

@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -36,6 +37,18 @@ CLASS_NAMES = ["benign", "malignant", "normal"]
 def requires_shared(*parts: str):
     path = SHARED.joinpath(*parts)
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (real data and weights live in ../shared)")
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (this machine has none)")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=requires_cuda)])
+def device(request) -> Iterator[dict[str, bool]]:
+    """Training arguments for the CPU, or for the GPU with deterministic kernels (train.py's `--full_determinism`,
+    which the README promises makes GPU runs repeatable). Deterministic mode is process-wide: undone afterwards."""
+    yield {"use_cpu": True} if request.param == "cpu" else {"use_cpu": False, "full_determinism": True}
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.deterministic = False
 
 
 def make_images(count: int, seed: int, size: int = 32) -> tuple[list[Image.Image], list[int]]:

@@ -258,16 +258,20 @@ def test_the_trainers_flops_estimate_is_transformers_own(tiny_model, tiny_datase
     assert trainer.floating_point_ops(inputs) == trainer.floating_point_ops(inputs) == expected
 
 
-def test_cached_feature_lp_checkpoints_hold_the_head_and_resume_bit_identically(tiny_model, tiny_dataset, tmp_path):
+def test_cached_feature_lp_checkpoints_hold_the_head_and_resume_bit_identically(
+    device, tiny_model, tiny_dataset, tmp_path
+):
     """Inside `head_only` the backbone is out of the module tree, so checkpoints hold the head alone; a resume
     rebuilds the backbone from --model and ends exactly where the uninterrupted run did."""
     common = ["--strategy", "lp", "--augmentation", "none", "--cache_features", "--num_train_epochs", "3"]
     common += ["--bootstrap_resamples", "0", "--save_total_limit", "3", "--load_best_model_at_end", "false"]
-    full = train(tiny_model, tiny_dataset, tmp_path / "full", *common)
+    full = train(tiny_model, tiny_dataset, tmp_path / "full", *common, device=device)
     checkpoint = tmp_path / "full" / "checkpoint-3"  # the end of epoch 1: 48 images in batches of 16
     assert set(load_file(checkpoint / "model.safetensors")) == {"classifier.weight", "classifier.bias"}
     shutil.copytree(checkpoint, tmp_path / "resumed" / checkpoint.name)
-    resumed = train(tiny_model, tiny_dataset, tmp_path / "resumed", *common, "--resume_from_checkpoint", "true")
+    resumed = train(
+        tiny_model, tiny_dataset, tmp_path / "resumed", *common, "--resume_from_checkpoint", "true", device=device
+    )
     weights = [load_file(tmp_path / name / "model.safetensors") for name in ("full", "resumed")]
     assert weights[0].keys() == weights[1].keys() and len(weights[0]) > 2, "the saved model is the whole model"
     for name, tensor in weights[0].items():
@@ -277,16 +281,18 @@ def test_cached_feature_lp_checkpoints_hold_the_head_and_resume_bit_identically(
 
 
 @pytest.mark.parametrize(("lp_epochs", "step"), [("2", 4), ("1", 3), ("1", 4)])
-def test_lpft_on_stored_features_resumes_bit_identically(lp_epochs, step, tiny_model, tiny_dataset, tmp_path):
+def test_lpft_on_stored_features_resumes_bit_identically(lp_epochs, step, device, tiny_model, tiny_dataset, tmp_path):
     """Three steps an epoch: from step 4, inside the LP phase on stored features (lp_epochs 2) or inside the first
     fine-tuning epoch (lp_epochs 1); from step 3, at the switch to images."""
     common = ["--strategy", "lpft", "--lp_epochs", lp_epochs, "--cache_features", "--num_train_epochs", "3"]
     common += ["--bootstrap_resamples", "0", "--load_best_model_at_end", "false", "--save_strategy", "steps"]
     common += ["--save_steps", "1", "--save_total_limit", "9", "--eval_strategy", "epoch"]
-    full = train(tiny_model, tiny_dataset, tmp_path / "full", *common)
+    full = train(tiny_model, tiny_dataset, tmp_path / "full", *common, device=device)
     checkpoint = tmp_path / "full" / f"checkpoint-{step}"
     shutil.copytree(checkpoint, tmp_path / "resumed" / checkpoint.name)
-    resumed = train(tiny_model, tiny_dataset, tmp_path / "resumed", *common, "--resume_from_checkpoint", "true")
+    resumed = train(
+        tiny_model, tiny_dataset, tmp_path / "resumed", *common, "--resume_from_checkpoint", "true", device=device
+    )
     weights = [load_file(tmp_path / name / "model.safetensors") for name in ("full", "resumed")]
     for name, tensor in weights[0].items():
         assert torch.equal(tensor, weights[1][name]), name

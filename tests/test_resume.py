@@ -1,4 +1,5 @@
-"""Resuming any strategy from a checkpoint continues the same run, bit for bit on the CPU; bad resumes are refused."""
+"""Resuming any strategy from a checkpoint continues the same run, bit for bit on the CPU and, with deterministic
+kernels, on a GPU; bad resumes are refused."""
 
 from __future__ import annotations
 
@@ -35,9 +36,10 @@ def losses(trainer, after_step: int) -> list[tuple[int, float]]:
     ("strategy", "stop", "cached"),
     [(*case, False) for case in CASES] + [(name, 4, True) for name in STRATEGY_NAMES],
 )
-def test_resume_continues_bit_identically(strategy, stop, cached, tiny_model, tiny_dataset, tmp_path):
+def test_resume_continues_bit_identically(strategy, stop, cached, device, tiny_model, tiny_dataset, tmp_path):
     """Through the PIL pipeline and through the decoded-image cache (train.py's default)."""
     settings = {"epochs": 3, "save_strategy": "steps", "save_steps": stop, "save_total_limit": None, "cached": cached}
+    settings.update(device)
     settings.update(logging_strategy="steps", logging_steps=1)
     settings.update(FLAGS.get(strategy, {}))
     full, _ = make_trainer(strategy, tiny_model, tiny_dataset, tmp_path / "full", **settings)
@@ -57,8 +59,10 @@ def test_resume_continues_bit_identically(strategy, stop, cached, tiny_model, ti
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
-def test_two_runs_with_one_seed_on_the_decoded_cache_are_bit_identical(strategy, tiny_model, tiny_dataset, tmp_path):
-    settings = {"epochs": 2, "cached": True, **FLAGS.get(strategy, {})}
+def test_two_runs_with_one_seed_on_the_decoded_cache_are_bit_identical(
+    strategy, device, tiny_model, tiny_dataset, tmp_path
+):
+    settings = {"epochs": 2, "cached": True, **device, **FLAGS.get(strategy, {})}
     first, _ = make_trainer(strategy, tiny_model, tiny_dataset, tmp_path / "first", **settings)
     first.train()
     second, _ = make_trainer(strategy, tiny_model, tiny_dataset, tmp_path / "second", **settings)

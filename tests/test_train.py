@@ -26,10 +26,14 @@ from medft_hf.train import parse_args, run
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train(model: Path, dataset: Path | str | None, output_dir: Path, *flags: str) -> RunResult:
+def train(
+    model: Path, dataset: Path | str | None, output_dir: Path, *flags: str, device: dict[str, bool] | None = None
+) -> RunResult:
+    """train.py's `run` on the CPU, or with `device` (the fixture) where it says."""
+    device_flags = [f"--{name}" for name, on in (device or {"use_cpu": True}).items() if on]
     argv = [
         "--model", str(model), "--output_dir", str(output_dir), "--image_size", "32",
-        "--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--use_cpu", "--seed", "0", *flags,
+        "--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--seed", "0", *device_flags, *flags,
     ]  # fmt: skip
     if dataset is not None:
         argv += ["--dataset", str(dataset)]
@@ -54,6 +58,7 @@ def test_results_json_has_the_promised_fields(finished_run):
     assert {"train_loss", "validation"} <= set(lp)
     assert on_disk["train_runtime_s"] > 0
     assert on_disk["class_names"] == ["benign", "malignant", "normal"]
+    assert on_disk["environment"]["device"].startswith("CPU"), "a --use_cpu run ran on the CPU, GPU or not"
 
 
 def test_results_json_keeps_each_test_images_probabilities_and_they_give_back_the_metrics(finished_run):
@@ -121,15 +126,20 @@ def test_a_finished_run_is_not_overwritten(finished_run, tiny_model, tiny_datase
     assert (output_dir / "model.safetensors").read_bytes() == before
 
 
-def test_bf16_mixed_precision_trains_on_cpu(tiny_model, tiny_dataset, tmp_path):
-    results = train(tiny_model, tiny_dataset, tmp_path, "--strategy", "l2sp", "--bf16")
+def test_bf16_mixed_precision_trains_and_the_run_records_its_device(device, tiny_model, tiny_dataset, tmp_path):
+    results = train(tiny_model, tiny_dataset, tmp_path, "--strategy", "l2sp", "--bf16", device=device)
     assert results.mixed_precision == "bf16"
     assert np.isfinite(results.history[-1]["train_loss"])
+    on_gpu = not device["use_cpu"]
+    assert results.environment["device"] == (
+        torch.cuda.get_device_name(0) if on_gpu else f"CPU ({os.cpu_count()} cores)"
+    )
 
 
-def test_same_seed_gives_the_same_results(tiny_model, tiny_dataset, tmp_path):
-    first = train(tiny_model, tiny_dataset, tmp_path / "a", "--strategy", "auto_rgn")
-    second = train(tiny_model, tiny_dataset, tmp_path / "b", "--strategy", "auto_rgn")
+def test_same_seed_gives_the_same_results(device, tiny_model, tiny_dataset, tmp_path):
+    """On a GPU with --full_determinism too, through train.py's loader workers and pinned memory."""
+    first = train(tiny_model, tiny_dataset, tmp_path / "a", "--strategy", "auto_rgn", device=device)
+    second = train(tiny_model, tiny_dataset, tmp_path / "b", "--strategy", "auto_rgn", device=device)
     assert json.dumps(first.test) == json.dumps(second.test)  # as JSON: an undefined interval is NaN, NaN != NaN
     assert [r["train_loss"] for r in first.history] == [r["train_loss"] for r in second.history]
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
@@ -162,16 +172,20 @@ def test_a_warning_names_the_strategies_a_short_schedule_makes_identical(tiny_mo
     assert "trains exactly as" not in caplog.text
 
 
-def test_torch_compile_runs_l2sp_end_to_end(tiny_model, tiny_dataset, tmp_path):
-    """A compiled model names its parameters `_orig_mod.*`; the strategy must still find and anchor them. The
-    eager backend wraps the model exactly as inductor does, without minutes of C++ compilation on a CPU."""
+def test_torch_compile_runs_l2sp_end_to_end(device, tiny_model, tiny_dataset, tmp_path):
+    """A compiled model names its parameters `_orig_mod.*`; the strategy must still find and anchor them. On the CPU
+    the eager backend wraps the model exactly as inductor does, without minutes of C++ compilation; on a GPU,
+    inductor itself, whose fused kernels round differently from eager ones (hence the looser tolerance)."""
+    on_gpu = not device["use_cpu"]
+    flags = ("--strategy", "l2sp", "--num_train_epochs", "1")
+    backend = "inductor" if on_gpu else "eager"
     results = train(
-        tiny_model, tiny_dataset, tmp_path, "--strategy", "l2sp", "--torch_compile", "--torch_compile_backend",
-        "eager", "--num_train_epochs", "1",
-    )  # fmt: skip
+        tiny_model, tiny_dataset, tmp_path, *flags, "--torch_compile", "--torch_compile_backend", backend, device=device
+    )
     assert np.isfinite(results.history[0]["train_loss"])
-    reference = train(tiny_model, tiny_dataset, tmp_path / "eager", "--strategy", "l2sp", "--num_train_epochs", "1")
-    assert results.history[0]["train_loss"] == pytest.approx(reference.history[0]["train_loss"], rel=1e-4)
+    reference = train(tiny_model, tiny_dataset, tmp_path / "eager", *flags, device=device)
+    tolerance = 1e-3 if on_gpu else 1e-4
+    assert results.history[0]["train_loss"] == pytest.approx(reference.history[0]["train_loss"], rel=tolerance)
 
 
 def test_report_to_tensorboard_logs_metrics_and_the_strategys_signals_offline(tiny_model, tiny_dataset, tmp_path):
