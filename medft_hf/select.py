@@ -34,6 +34,7 @@ from .selection import ranking as ranking_lib
 from .selection.budget import Budget, Plan, plan
 from .selection.space import SearchSpace, flags_of
 from .selection.storage import (
+    ERROR,
     ended,
     open_storage,
     open_study,
@@ -55,6 +56,10 @@ from .train import (
 )
 
 logger = logging.getLogger("medft_hf")
+# A trial that raises (out of memory, say) is recorded and the search goes on. Once every strategy has failed since
+# the last trial that did not (and at least this many trials), the cause is the data's, the machine's or the flags',
+# not one configuration's, and the search ends: failing trials cost no budget, so it would never end by itself.
+FEWEST_FAILURES_TO_STOP = 3
 # Set by the search for every run, so not flags a user may pass.
 TRIALS = "trials"  # the search's runs, a folder each, inside --output_dir
 SEARCH_OWNS = ("strategy", "seed", "output_dir", "skip_test", "resume_from_checkpoint", "overwrite_output_dir")
@@ -167,8 +172,11 @@ def _probe(budget: Budget, space: SearchSpace, base: dict[str, Any]) -> float:
 
 def _search(study: optuna.Study, space: SearchSpace, split: Plan, base: dict[str, Any], output_dir: Path) -> None:
     """Run trials until the search budget cannot pay for another first rung, or a trial's next rung did not fit (the
-    search has ended there: see storage.ENDED_AT); a bar shows the budget and the best."""
+    search has ended there: see storage.ENDED_AT); a bar shows the budget and the best. A trial that fails is
+    recorded (its error in the ranking, not retried) and the search goes on, unless every strategy fails."""
     unit = split.budget.unit
+    failures: dict[str, str] = {}  # strategy -> its last error, in this worker's trials since its last that worked
+    failed_trials: list[int] = []
     bar = tqdm(total=round(split.search_budget, 1), unit="ep" if unit == "epochs" else "s", desc="medft-select")
 
     def refresh() -> None:
@@ -188,17 +196,33 @@ def _search(study: optuna.Study, space: SearchSpace, split: Plan, base: dict[str
         cost = split.budget.cost(space.rungs[0], seconds_per_epoch(study, split.seconds_per_epoch))
         return spent(study, unit) + cost <= split.search_budget + 1e-9 and not ended(study, split.budget)
 
-    def after_trial(study: optuna.Study, _) -> None:
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         refresh()
-        if not another_trial_fits():
+        if ERROR in trial.user_attrs:
+            failed_trials.append(trial.number)
+            failures[trial.params.get("strategy", "?")] = f"trial {trial.number}: {trial.user_attrs[ERROR]}"
+            logger.warning("trial %d failed (%s); the search goes on", trial.number, trial.user_attrs[ERROR])
+        else:
+            failed_trials.clear()
+            failures.clear()
+        if every_strategy_failed() or not another_trial_fits():
             study.stop()
+
+    def every_strategy_failed() -> bool:
+        return set(failures) >= set(space.strategies) and len(failed_trials) >= FEWEST_FAILURES_TO_STOP
 
     objective = Objective(space, split, base, output_dir / TRIALS, refresh)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with bar:  # closed also when interrupted, so a rerun's bar starts on a clean line
         refresh()
         if another_trial_fits():
-            study.optimize(objective, callbacks=[after_trial], gc_after_trial=True)
+            study.optimize(objective, callbacks=[after_trial], gc_after_trial=True, catch=(Exception,))
+    if every_strategy_failed():
+        errors = "; ".join(f"{strategy}: {error}" for strategy, error in failures.items())
+        raise MedftError(
+            f"every strategy failed in the last {len(failed_trials)} trials ({errors}). Fix the cause and run the "
+            "same command again: finished trials are kept."
+        )
 
 
 def _train_final(

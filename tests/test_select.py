@@ -212,6 +212,38 @@ def test_rerun_after_interruption_repeats_no_finished_run(tiny_model, tiny_datas
     assert retry[0].user_attrs["folder"] == failed[0].user_attrs["folder"]
 
 
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(tiny_model, tiny_dataset, tmp_path, monkeypatch):
+    """One configuration that fails (here every LP run, as out of memory would) must not end an unattended search."""
+    real_run = train_lib.run
+
+    def run_unless_lp(model_args, data_args, configs, training_args):
+        if model_args.strategy == "lp":
+            raise RuntimeError("CUDA out of memory")
+        return real_run(model_args, data_args, configs, training_args)
+
+    monkeypatch.setattr(train_lib, "run", run_unless_lp)
+    selection = search(tiny_model, tiny_dataset, tmp_path / "search", budget="8ep")
+    failed = [t for t in selection.ranking.trials if t.configuration["strategy"] == "lp"]
+    assert failed and all(t.note == "failed: RuntimeError: CUDA out of memory" for t in failed)
+    assert any(t.configuration["strategy"] == "ft" and t.scores for t in selection.ranking.trials)
+    assert selection.ranking.choice.trial.configuration["strategy"] == "ft"
+    assert (tmp_path / "search" / "ranking.json").is_file()
+
+
+def test_a_search_where_every_strategy_fails_ends_with_their_errors(tiny_model, tiny_dataset, tmp_path, monkeypatch):
+    """Failing trials cost no budget, so a cause that fails them all (a full disk) would never end the search."""
+
+    def full_disk(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_lib, "run", full_disk)
+    expected = r"^every strategy failed in the last 3 trials \(ft: trial \d: OSError: .*device; lp: trial \d: OSError"
+    with pytest.raises(MedftError, match=expected):
+        search(tiny_model, tiny_dataset, tmp_path / "search", budget="8ep")
+    assert len(study_of(tmp_path / "search").trials) == 3
+    assert not (tmp_path / "search" / "ranking.json").exists()
+
+
 def test_a_search_ended_by_its_budget_trains_nothing_more_run_again(tiny_model, tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: False)  # every trial goes on to the next rung
     output_dir = tmp_path / "search"
