@@ -134,8 +134,19 @@ class StrategyTrainer(Trainer):
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         penalty = self.strategy.penalty(self.model)
         if penalty is not None:
+            # The penalty must reach each optimizer step once, as the data loss does. A loss already normalised over
+            # the whole accumulated batch (a `compute_loss_func`: --class_weights auto) is not divided by the
+            # accumulation steps after this, so the penalty's share of it is divided here.
+            if self._loss_scaled_for_accumulation(num_items_in_batch):
+                penalty = penalty / self.current_gradient_accumulation_steps
             loss = loss + penalty
         return (loss, outputs) if return_outputs else loss
+
+    def _loss_scaled_for_accumulation(self, num_items_in_batch) -> bool:
+        """transformers' rule (`Trainer.training_step`) for a loss it will not divide by the accumulation steps."""
+        if self.loss_is_scaled_for_ga is not None:
+            return self.loss_is_scaled_for_ga
+        return bool(self.model_accepts_loss_kwargs and num_items_in_batch is not None) or bool(self.compute_loss_func)
 
     # ---- epoch boundaries (called by StrategyCallback) ------------------------------------------------
     def begin_strategy_epoch(self, epoch: int, resumed_mid_epoch: bool = False) -> None:

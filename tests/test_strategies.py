@@ -8,10 +8,11 @@ import re
 import pytest
 import torch
 import transformers
-from conftest import make_trainer
+from conftest import CLASS_NAMES, make_trainer
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
 from medft_hf.errors import MedftError
+from medft_hf.losses import weighted_cross_entropy
 from medft_hf.modeling import BlockLayout
 from medft_hf.rng import derived_seed, isolated_rng
 from medft_hf.strategies import STRATEGIES, build_strategy, coinciding_strategies
@@ -164,6 +165,29 @@ def test_sp_penalty_and_gradient_match_an_independent_computation(strategy, p, t
         plain = model(**batch).loss
         total = trainer.compute_loss(model, batch)
     torch.testing.assert_close(total - plain, trainer.strategy.penalty(model).detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("class_weights", [False, True])
+def test_sp_penalty_counts_once_per_optimizer_step_under_gradient_accumulation(
+    class_weights, tiny_model, tiny_dataset, tmp_path
+):
+    """One SGD step (rate 1) over 2 accumulated micro-batches, with β and without: at the start the new head's
+    weights w get exactly β·w more of a step, as without accumulation. A class-weighted loss (normalised over the
+    whole accumulated batch, so not divided by the Trainer afterwards) once made it 2β·w."""
+    beta = 0.5
+    settings = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "max_steps": 1, "optim": "sgd"}
+    settings |= {"learning_rate": 1.0, "max_grad_norm": 0.0, "weight_decay": 0.0, "lr_scheduler_type": "constant"}
+    heads = []
+    for run_beta in (beta, 0.0):
+        trainer, _ = make_trainer(
+            "l2sp", tiny_model, tiny_dataset, tmp_path / str(run_beta), sp_beta=run_beta, **settings
+        )
+        if class_weights:
+            trainer.compute_loss_func = weighted_cross_entropy(torch.ones(len(CLASS_NAMES)))
+        start = trainer.model.timm_model.get_classifier().weight.detach().clone()
+        trainer.train()
+        heads.append(trainer.model.timm_model.get_classifier().weight.detach())
+    torch.testing.assert_close(heads[1] - heads[0], beta * start, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("strategy", ["l2sp", "l1sp"])
