@@ -30,12 +30,14 @@ class StrategyTrainer(Trainer):
     that it continues the same run."""
 
     def __init__(self, *args, strategy: Strategy, run_identity: dict | None = None, **kwargs):
+        training_args = kwargs["args"] if "args" in kwargs else args[1]
+        if training_args.ddp_find_unused_parameters is None:
+            # Read when the Trainer builds its accelerator, so set first. Frozen tensors get no gradient: DDP must
+            # be told so instead of waiting for them; where nothing freezes, it is spared looking for them.
+            training_args.ddp_find_unused_parameters = strategy.changes_trainable_set
         super().__init__(*args, **kwargs)
         self.strategy = strategy
         self.strategy.num_epochs = math.ceil(self.args.num_train_epochs)
-        if self.args.ddp_find_unused_parameters is None:
-            # Frozen tensors get no gradient; DDP must be told so instead of waiting for them.
-            self.args.ddp_find_unused_parameters = strategy.changes_trainable_set
         self.strategy.setup(self.model)
         self.run_identity = run_identity or {"strategy": strategy.name}
         self.trainable_per_epoch: dict[int, int] = {}

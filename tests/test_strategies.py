@@ -167,6 +167,15 @@ def test_sp_penalty_and_gradient_match_an_independent_computation(strategy, p, t
     torch.testing.assert_close(total - plain, trainer.strategy.penalty(model).detach(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(("strategy", "find_unused"), [("ft", False), ("l2sp", False), ("lp", True), ("gu_lf", True)])
+def test_ddp_looks_for_unused_parameters_exactly_when_the_strategy_freezes_tensors(
+    strategy, find_unused, tiny_model, tiny_dataset, tmp_path
+):
+    """What the accelerator hands DDP, not the argument: the Trainer reads it while building the accelerator."""
+    trainer, _ = make_trainer(strategy, tiny_model, tiny_dataset, tmp_path)
+    assert trainer.accelerator.ddp_handler.find_unused_parameters is find_unused
+
+
 @pytest.mark.parametrize("class_weights", [False, True])
 def test_sp_penalty_counts_once_per_optimizer_step_under_gradient_accumulation(
     class_weights, tiny_model, tiny_dataset, tmp_path
