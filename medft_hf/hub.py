@@ -8,7 +8,6 @@ push later.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import math
 import time
@@ -30,11 +29,10 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import httpx, validate_repo_id  # httpx: the HTTP library the client uses
 
 from .errors import MedftError, exit_on_error
-from .results import CALIBRATION, METRICS, RESULTS_FILE, RunResult
+from .results import CALIBRATION, METRICS, RESULTS_FILE, RunResult, run_files
 from .strategies import STRATEGIES
 
 PROJECT = "medft-hf"
-MODEL_FILES = ["config.json", "model.safetensors", RESULTS_FILE, "README.md", "*.png"]
 STUDY_FILES = [
     "README.md",
     "runs.parquet",
@@ -296,8 +294,8 @@ def push_model(output_dir: str | Path, repo_id: str, private: bool | None = None
     # results.json goes up without local paths; every other file as it is on disk.
     operations = [
         CommitOperationAdd(path_in_repo=file.name, path_or_fileobj=file)
-        for file in sorted(output_dir.iterdir())
-        if file.is_file() and file.name != RESULTS_FILE and any(fnmatch.fnmatch(file.name, p) for p in MODEL_FILES)
+        for file in run_files(output_dir)
+        if file.name != RESULTS_FILE
     ]
     published = json.dumps(publishable(result).to_dict(), indent=2, allow_nan=True).encode()
     operations.append(CommitOperationAdd(path_in_repo=RESULTS_FILE, path_or_fileobj=published))

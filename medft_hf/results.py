@@ -7,6 +7,7 @@ also by rename, so its presence means the run completed.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -22,6 +23,8 @@ import torch
 from .errors import MedftError
 
 RESULTS_FILE = "results.json"
+# A finished run's own files: its model, record, model card and figures.
+RUN_FILES = ("config.json", "model.safetensors", RESULTS_FILE, "README.md", "*.png")
 # A study's successive-halving runs (short schedules that rank settings) live under this folder of its output; they
 # chose the settings but are not results of the study.
 RUNGS_FOLDER = "rungs"
@@ -144,6 +147,24 @@ def save_model_atomic(model, output_dir: str | Path) -> None:
 
 def is_finished_run(output_dir: str | Path) -> bool:
     return (Path(output_dir) / RESULTS_FILE).is_file()
+
+
+def run_files(output_dir: str | Path) -> list[Path]:
+    """A finished run's own files in `output_dir` (RUN_FILES): what `medft-push model` publishes."""
+    return sorted(
+        file
+        for file in Path(output_dir).iterdir()
+        if file.is_file() and any(fnmatch.fnmatch(file.name, pattern) for pattern in RUN_FILES)
+    )
+
+
+def discard_finished_run(output_dir: str | Path) -> None:
+    """Remove a finished run's files (--overwrite_output_dir), `results.json` first: from then on nothing takes the
+    folder for a finished run, and no file of the old run is left beside the new one's (a model, with
+    --save_model false)."""
+    (Path(output_dir) / RESULTS_FILE).unlink(missing_ok=True)
+    for file in run_files(output_dir):
+        file.unlink()
 
 
 def ranked_settings(mean_validation: dict[str, float]) -> list[str]:

@@ -42,7 +42,15 @@ from .modeling import (
     record_input_config,
 )
 from .progress import use_epoch_log
-from .results import RESULTS_FILE, RunResult, environment, epoch_history, is_finished_run, save_model_atomic
+from .results import (
+    RESULTS_FILE,
+    RunResult,
+    discard_finished_run,
+    environment,
+    epoch_history,
+    is_finished_run,
+    save_model_atomic,
+)
 from .strategies import (
     STRATEGIES,
     build_strategy,
@@ -475,6 +483,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
     use_epoch_log(trainer, str(output_dir))
     if saved_state is not None:
         trainer.restore_strategy_state(saved_state)
+    if is_finished_run(output_dir) and trainer.is_world_process_zero():  # --overwrite_output_dir, checked above
+        discard_finished_run(output_dir)  # now, once every check has passed: bad input loses nothing
     with takes_features:
         train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
@@ -532,6 +542,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         result.save(output_dir)
         if push_to:
             result.pushed_to = push_model(output_dir, push_to, private=training_args.hub_private_repo)
+            result.save(output_dir)  # where it went; the copy pushed says null
     return result
 
 

@@ -134,6 +134,12 @@ def test_a_card_from_a_local_copy_names_the_hub_sources_and_no_pushed_file_holds
             assert local.encode() not in hub_server.read_file("tester/from-local", name), f"{local} is in {name}"
 
 
+def test_results_json_records_where_the_run_was_pushed(pushed):
+    output_dir, results = pushed
+    assert "tester/tiny-lpft" in results.pushed_to
+    assert json.loads((output_dir / "results.json").read_text())["pushed_to"] == results.pushed_to
+
+
 def test_a_pushed_model_loads_three_ways_with_the_local_predictions(pushed, hub_server, tiny_dataset):
     output_dir, _ = pushed
     files = set(hub_server.list_files("tester/tiny-lpft"))

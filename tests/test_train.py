@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from transformers import AutoModelForImageClassification, pipeline
 from medft_hf.errors import MedftError
 from medft_hf.results import RunResult
 from medft_hf.train import parse_args, run
+from medft_hf.trainer import StrategyTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,6 +126,30 @@ def test_a_finished_run_is_not_overwritten(finished_run, tiny_model, tiny_datase
     with pytest.raises(MedftError, match=r"finished run.*--overwrite_output_dir"):
         train(tiny_model, tiny_dataset, output_dir)
     assert (output_dir / "model.safetensors").read_bytes() == before
+
+
+def test_overwriting_a_finished_run_discards_it_only_once_the_new_run_passed_its_checks(
+    finished_run, tiny_model, tiny_dataset, tmp_path, monkeypatch
+):
+    output_dir = tmp_path / "run"
+    shutil.copytree(finished_run[0], output_dir)
+    before = (output_dir / "results.json").read_bytes()
+    with pytest.raises(MedftError, match="no-such-dataset"):
+        train(tiny_model, tmp_path / "no-such-dataset", output_dir, "--overwrite_output_dir")
+    assert (output_dir / "results.json").read_bytes() == before, "bad input loses nothing"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(StrategyTrainer, "train", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_model, tiny_dataset, output_dir, "--overwrite_output_dir")
+    assert not (output_dir / "results.json").exists(), "a run killed while training must not look finished"
+
+    train(tiny_model, tiny_dataset, output_dir, "--overwrite_output_dir", "--save_model", "false")
+    assert not (output_dir / "model.safetensors").exists(), "the old run's model beside the new run's record"
+    assert (output_dir / "results.json").read_bytes() != before
 
 
 def test_bf16_mixed_precision_trains_and_the_run_records_its_device(device, tiny_model, tiny_dataset, tmp_path):
