@@ -175,13 +175,15 @@ def ranked_settings(mean_validation: dict[str, float]) -> list[str]:
 
 
 def epoch_history(log_history: list[dict[str, Any]], trainable_per_epoch: dict[int, int]) -> list[dict[str, Any]]:
-    """One row per epoch from the Trainer's log: training loss, learning rate, validation metrics, and the
-    number of trainable parameters during that epoch."""
+    """One row per epoch from the Trainer's log: training loss and learning rate (the last logged in that epoch),
+    validation metrics, and the number of trainable parameters during that epoch."""
     rows: dict[int, dict[str, Any]] = {}
     for entry in log_history:
         if "epoch" not in entry:
             continue
-        epoch = max(round(entry["epoch"]) - 1, 0)
+        # A log at epoch 1.33 (logging by steps) or 2.5 (a fractional --num_train_epochs) belongs to the 2nd or 3rd
+        # epoch; an epoch's end is logged exactly (k/k steps == 1.0), the margin only absorbs float noise.
+        epoch = max(math.ceil(entry["epoch"] - 1e-9) - 1, 0)
         row = rows.setdefault(epoch, {"epoch": epoch + 1})
         if "loss" in entry:
             row["train_loss"] = entry["loss"]

@@ -21,7 +21,7 @@ from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
 
 from medft_hf.errors import MedftError
-from medft_hf.results import RunResult
+from medft_hf.results import RunResult, epoch_history
 from medft_hf.train import parse_args, run
 from medft_hf.trainer import StrategyTrainer
 
@@ -61,6 +61,19 @@ def test_results_json_has_the_promised_fields(finished_run):
     assert on_disk["train_runtime_s"] > 0
     assert on_disk["class_names"] == ["benign", "malignant", "normal"]
     assert on_disk["environment"]["device"].startswith("CPU"), "a --use_cpu run ran on the CPU, GPU or not"
+
+
+def test_history_puts_each_log_in_the_epoch_it_came_from():
+    """Logged by steps (epoch 1.33 is in the 2nd epoch) and with a fractional epoch count (2.5 is the 3rd)."""
+    log = [{"loss": 1.0, "epoch": 0.5}, {"loss": 0.9, "epoch": 1.0}, {"eval_loss": 0.8, "eval_auroc": 0.6, "epoch": 1},
+           {"loss": 0.7, "epoch": 1.33}, {"loss": 0.6, "epoch": 2.0}, {"eval_loss": 0.5, "eval_auroc": 0.7, "epoch": 2},
+           {"loss": 0.4, "epoch": 2.5}, {"eval_loss": 0.3, "eval_auroc": 0.8, "epoch": 2.5}]  # fmt: skip
+    rows = epoch_history(log, {0: 10, 1: 20, 2: 20})
+    assert [(r["epoch"], r["train_loss"], r["validation"]["auroc"], r["trainable_parameters"]) for r in rows] == [
+        (1, 0.9, 0.6, 10),
+        (2, 0.6, 0.7, 20),
+        (3, 0.4, 0.8, 20),
+    ]
 
 
 def test_results_json_keeps_each_test_images_probabilities_and_they_give_back_the_metrics(finished_run):
