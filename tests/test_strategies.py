@@ -407,6 +407,17 @@ def test_sp_anchors_every_pretrained_weight_and_puts_beta_on_the_new_layer_only(
     assert set(strategy.anchored_names) == convs | pre_logits
 
 
+def test_surgical_freezes_vggs_pretrained_classifier_layers_with_the_other_blocks():
+    with torch.device("meta"):
+        model = TimmWrapperForImageClassification(TimmWrapperConfig(architecture="vgg11", num_labels=3))
+    layout = BlockLayout.from_model(model)
+    strategy = build_strategy("surgical", None, layout, 4)
+    frozen = strategy.frozen_tensors(0)
+    trainable = {name for name, _ in model.named_parameters()} - frozen
+    assert trainable == set(layout.blocks[0]) | set(layout.new)
+    assert {name for name in layout.head if name.startswith("timm_model.pre_logits.")} <= frozen
+
+
 def test_sp_anchor_follows_the_model_to_its_device(tiny_model, tiny_dataset, tmp_path):
     trainer, _ = make_trainer("l2sp", tiny_model, tiny_dataset, tmp_path)
     trainer.model.to("meta")  # what Accelerate does on a GPU, FSDP or DeepSpeed after the strategy's setup

@@ -46,3 +46,8 @@ class SurgicalFineTuning(Strategy):
 
     def frozen_blocks(self, epoch: int) -> Sequence[int]:
         return [index for index in range(len(self.layout.blocks)) if index != self.block()]
+
+    def frozen_tensors(self, epoch: int) -> set[str]:
+        """The other blocks and the pretrained classifier layers (VGG's fc6/fc7): of the head, only the new
+        classifier trains, as Lee et al. fine-tune one block and nothing else that was pretrained."""
+        return super().frozen_tensors(epoch) | (set(self.layout.head) - set(self.layout.new))
