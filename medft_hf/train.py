@@ -260,7 +260,9 @@ OPTIMISATION_SETTINGS = (
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
     "weight_decay",
+    "max_steps",
     "lr_scheduler_type",
+    "lr_scheduler_kwargs",
     "warmup_steps",
     "max_grad_norm",
 )
