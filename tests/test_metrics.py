@@ -108,8 +108,8 @@ def test_bootstrap_intervals_match_an_independent_percentile_bootstrap():
     predictions = logits.argmax(axis=1)
     rng = np.random.default_rng(123)
     resampled = []
-    for _ in range(2000):
-        rows = rng.integers(0, len(labels), len(labels))
+    for _ in range(2000):  # stratified: each class's images resampled among themselves
+        rows = np.concatenate([rng.choice(np.flatnonzero(labels == c), (labels == c).sum()) for c in range(3)])
         truth, guess = labels[rows], predictions[rows]
         resampled.append(np.mean([(guess[truth == c] == c).mean() for c in range(3)]))
     low, high = np.percentile(resampled, [2.5, 97.5])
@@ -118,6 +118,17 @@ def test_bootstrap_intervals_match_an_independent_percentile_bootstrap():
     assert interval[1] == pytest.approx(high, abs=0.015)
     for name in ("balanced_accuracy", "auroc"):
         assert result["intervals"][name][0] < result[name] < result["intervals"][name][1]
+
+
+def test_auroc_interval_is_defined_when_the_positive_class_is_rare():
+    """5 positives in 200: 1000 unstratified resamples hold one without a positive with probability 0.998
+    (1 - (1 - 0.975**200)**1000), and that one resample made the whole interval NaN."""
+    rng = np.random.default_rng(0)
+    labels = np.array([1] * 5 + [0] * 195)
+    logits = np.stack([np.zeros(200), 2.0 * labels + rng.normal(size=200)], axis=1)
+    result = compute_classification_metrics(logits, labels, bootstrap_resamples=1000, seed=0)
+    low, high = result["intervals"]["auroc"]
+    assert 0 <= low < result["auroc"] < high <= 1
 
 
 def test_inverse_frequency_weights_and_the_weighted_loss():

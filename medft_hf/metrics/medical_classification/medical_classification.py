@@ -48,8 +48,8 @@ Args:
     positive_label (`int`, optional): binary tasks: the class sensitivity is measured on (default 1).
     threshold (`float`, optional): binary tasks: also sensitivity/specificity when predicting positive at
         P(positive) >= threshold (e.g. a threshold chosen on validation).
-    bootstrap_resamples (`int`, optional): if > 0, percentile bootstrap 95% intervals (resampling images) on
-        balanced accuracy and AUROC.
+    bootstrap_resamples (`int`, optional): if > 0, percentile bootstrap 95% intervals (resampling images within
+        each class) on balanced accuracy and AUROC.
     seed (`int`, optional): the bootstrap's random seed (default 0).
 Returns:
     accuracy, balanced_accuracy, macro_f1, auroc, ece, brier [, sensitivity, specificity, at_threshold]
@@ -153,7 +153,11 @@ def _reliability(references: np.ndarray, scores: np.ndarray) -> dict[str, list]:
 
 
 def _intervals(references, predictions, scores, labels, resamples: int, seed: int) -> dict[str, list[float]]:
-    """Percentile bootstrap 95% intervals over images (scipy), for the metrics a reader compares models on."""
+    """Percentile bootstrap 95% intervals over images (scipy), for the metrics a reader compares models on.
+    Stratified by class (each class's images resampled among themselves, as pROC does for AUROC): every resample
+    holds every class, so AUROC is defined in all of them (unstratified, a rare class missing from a single
+    resample made the whole interval NaN)."""
+    by_class = [np.flatnonzero(references == label) for label in np.unique(references)]
     statistics = {
         "balanced_accuracy": lambda rows: balanced_accuracy_score(references[rows], predictions[rows]),
         "auroc": lambda rows: _auroc(references[rows], scores[rows], labels),
@@ -161,12 +165,13 @@ def _intervals(references, predictions, scores, labels, resamples: int, seed: in
     intervals = {}
     for name, statistic in statistics.items():
         with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a resample may miss a class; sklearn warns, the metric copes
+            warnings.simplefilter("ignore")  # sklearn's warnings on a metric the data leaves undefined
             found = bootstrap(
-                (np.arange(len(references)),),
-                statistic,
+                by_class,  # independent samples: scipy resamples each one within itself
+                lambda *rows, statistic=statistic: statistic(np.concatenate(rows)),
                 n_resamples=resamples,
                 method="percentile",
+                paired=False,
                 vectorized=False,
                 random_state=np.random.default_rng(seed),
             ).confidence_interval
