@@ -8,7 +8,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -43,12 +42,10 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=requires_cuda)])
-def device(request) -> Iterator[dict[str, bool]]:
+def device(request) -> dict[str, bool]:
     """Training arguments for the CPU, or for the GPU with deterministic kernels (train.py's `--full_determinism`,
-    which the README promises makes GPU runs repeatable). Deterministic mode is process-wide: undone afterwards."""
-    yield {"use_cpu": True} if request.param == "cpu" else {"use_cpu": False, "full_determinism": True}
-    torch.use_deterministic_algorithms(False)
-    torch.backends.cudnn.deterministic = False
+    which the README promises makes GPU runs repeatable)."""
+    return {"use_cpu": True} if request.param == "cpu" else {"use_cpu": False, "full_determinism": True}
 
 
 def make_images(count: int, seed: int, size: int = 32) -> tuple[list[Image.Image], list[int]]:
