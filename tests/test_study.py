@@ -635,9 +635,10 @@ def test_a_committed_report_rebuilds_from_its_runs(study, command, tmp_path, mon
 
 
 @pytest.mark.parametrize("script", ["select_vs_grid", "more_seeds"])
-def test_a_committed_comparison_rebuilds_from_its_runs(script):
+def test_a_committed_comparison_rebuilds_from_its_runs(script, monkeypatch):
     """The `table` command of scripts/<script>.py, from the committed runs: the committed comparison.md, byte for
     byte (its numbers are the command's, not typed)."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # as `python scripts/<script>.py` has it: its helpers
     spec = importlib.util.spec_from_file_location(script, ROOT / "scripts" / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
