@@ -401,6 +401,7 @@ def test_paper_carves_the_tiny_xray_validation_split_and_its_dry_run_states_cost
 
     main(["paper", "--dry-run"])
     output = capsys.readouterr().out
+    assert output.splitlines()[0] == f"paper: {paper.description}; for: one GPU"
     assert "1080 cells" in output and "images/s measured" in output and "assumed" not in output
     hours = {line.split()[0]: float(line.split()[4]) for line in output.splitlines() if line.startswith(("res", "vgg"))}
     # vgg19 at 749 / 297 images/s (measured), 72 cells per dataset; (train, validation, test) as load_splits makes them
