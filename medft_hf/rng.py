@@ -46,7 +46,8 @@ DETERMINISM_ENVIRONMENT = (
 @contextmanager
 def determinism_restored() -> Iterator[None]:
     """Leave torch's deterministic mode, cuDNN's flags and the environment as they were: `--full_determinism` sets
-    them process-wide, and the next run of a grid or a search in the same process must not inherit them."""
+    them process-wide, and the next run of a grid or a search in the same process must not inherit them. (CUDA reads
+    the variables when it starts: in a process that already uses it, restoring them changes nothing there.)"""
     algorithms, warn_only = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),

@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -23,6 +24,7 @@ from transformers import TrainerCallback
 from medft_hf.cache import image_datasets
 from medft_hf.data import Preprocessing, load_splits
 from medft_hf.modeling import BlockLayout, load_model
+from medft_hf.rng import determinism_restored
 from medft_hf.strategies import STRATEGIES, build_strategy
 from medft_hf.train import MedftTrainingArguments
 from medft_hf.trainer import StrategyTrainer
@@ -42,10 +44,12 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=requires_cuda)])
-def device(request) -> dict[str, bool]:
+def device(request) -> Iterator[dict[str, bool]]:
     """Training arguments for the CPU, or for the GPU with deterministic kernels (train.py's `--full_determinism`,
-    which the README promises makes GPU runs repeatable)."""
-    return {"use_cpu": True} if request.param == "cpu" else {"use_cpu": False, "full_determinism": True}
+    which the README promises makes GPU runs repeatable). Deterministic mode is process-wide: a Trainer built
+    outside `train.run` leaves it on, so it is undone afterwards."""
+    with determinism_restored():
+        yield {"use_cpu": True} if request.param == "cpu" else {"use_cpu": False, "full_determinism": True}
 
 
 def make_images(count: int, seed: int, size: int = 32) -> tuple[list[Image.Image], list[int]]:

@@ -137,7 +137,7 @@ def test_shards_split_the_cells_without_overlap(tmp_path, capsys):
 
     def listed(*flags: str) -> list[str]:
         main(["cpu", "--output_dir", str(tmp_path), "--status", *flags])
-        return [line.split()[1] for line in capsys.readouterr().out.strip().splitlines()[:-1]]
+        return [line.split()[1] for line in capsys.readouterr().out.strip().splitlines()[1:-1]]  # heading, cells, sum
 
     everything = listed()
     shards = [listed("--shard", f"{i}/3") for i in range(3)]

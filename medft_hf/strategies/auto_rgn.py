@@ -28,6 +28,7 @@ import torch
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
+from ..modeling import BlockLayout
 from .base import BatchSource, Strategy, StrategyConfig, register_strategy
 
 
@@ -75,6 +76,10 @@ class AutoRGN(Strategy):
     reference = "Lee et al. 2023, 'Surgical Fine-Tuning Improves Adaptation to Distribution Shifts', ICLR"
     config_class = AutoRGNConfig
     freezes_norm_statistics = False  # the official code leaves BatchNorm in training mode
+
+    def __init__(self, config: AutoRGNConfig, layout: BlockLayout):
+        super().__init__(config, layout)
+        self.norm_parameters: set[str] = set()  # known once `setup` has seen the model
 
     @property
     def resets_optimizer_state(self) -> bool:
