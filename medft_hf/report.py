@@ -376,12 +376,15 @@ def write_report(root: str | Path, out: str | Path, metric: str = "balanced_accu
     (out / "summary.tex").write_text(latex_table(table, metric))
     others = [name for name in _ordered(table["strategy"]) if name != REFERENCE]
     has_ft = REFERENCE in set(table["strategy"]) and bool(others)  # something to compare with ft
-    differences = case_differences(selected, metric) if has_ft else pd.DataFrame()
-    tests = dataset_level_tests(differences, others) if has_ft else pd.DataFrame()
+    if has_ft:
+        differences = case_differences(selected, metric)
+        tests = dataset_level_tests(differences, others)
+        architectures = runs.groupby("backbone")["architecture"].first().to_dict()
+        claims = paper_claims(selected, metric, differences, tests, architectures)
+        alternatives = best_alternative_per_backbone(differences)
+    else:
+        tests, claims, alternatives = pd.DataFrame(), [], {}
     tests.to_csv(out / "vs_ft.csv", index=False)
-    architectures = runs.groupby("backbone")["architecture"].first().to_dict()
-    claims = paper_claims(selected, metric, differences, tests, architectures) if has_ft else []
-    alternatives = best_alternative_per_backbone(differences) if has_ft else {}
     record = {
         "metric": metric,
         "notable_gain": NOTABLE_GAIN,

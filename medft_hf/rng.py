@@ -4,6 +4,7 @@ measurement batches identical on every rank, with any number of workers, and aft
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,3 +31,36 @@ def isolated_rng(seed: int, devices: Sequence[int] = ()) -> Iterator[None]:
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
+
+
+# What transformers' `enable_full_determinism` (--full_determinism) sets for the whole process.
+DETERMINISM_ENVIRONMENT = (
+    "CUDA_LAUNCH_BLOCKING",
+    "CUBLAS_WORKSPACE_CONFIG",
+    "ASCEND_LAUNCH_BLOCKING",
+    "HCCL_DETERMINISTIC",
+    "FLASH_ATTENTION_DETERMINISTIC",
+)
+
+
+@contextmanager
+def determinism_restored() -> Iterator[None]:
+    """Leave torch's deterministic mode, cuDNN's flags and the environment as they were: `--full_determinism` sets
+    them process-wide, and the next run of a grid or a search in the same process must not inherit them. (CUDA reads
+    the variables when it starts: in a process that already uses it, restoring them changes nothing there.)"""
+    algorithms, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    environment = {name: os.environ.get(name) for name in DETERMINISM_ENVIRONMENT}
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+        for name, value in environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -176,7 +176,7 @@ def _search(study: optuna.Study, space: SearchSpace, split: Plan, base: dict[str
     recorded (its error in the ranking, not retried) and the search goes on, unless every strategy fails."""
     unit = split.budget.unit
     failures: dict[str, str] = {}  # strategy -> its last error, in this worker's trials since its last that worked
-    failed_trials: list[int] = []
+    failed_in_a_row = 0
     bar = tqdm(total=round(split.search_budget, 1), unit="ep" if unit == "epochs" else "s", desc="medft-select")
 
     def refresh() -> None:
@@ -198,18 +198,19 @@ def _search(study: optuna.Study, space: SearchSpace, split: Plan, base: dict[str
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         refresh()
+        nonlocal failed_in_a_row
         if ERROR in trial.user_attrs:
-            failed_trials.append(trial.number)
+            failed_in_a_row += 1
             failures[trial.params.get("strategy", "?")] = f"trial {trial.number}: {trial.user_attrs[ERROR]}"
             logger.warning("trial %d failed (%s); the search goes on", trial.number, trial.user_attrs[ERROR])
         else:
-            failed_trials.clear()
+            failed_in_a_row = 0
             failures.clear()
         if every_strategy_failed() or not another_trial_fits():
             study.stop()
 
     def every_strategy_failed() -> bool:
-        return set(failures) >= set(space.strategies) and len(failed_trials) >= FEWEST_FAILURES_TO_STOP
+        return set(failures) >= set(space.strategies) and failed_in_a_row >= FEWEST_FAILURES_TO_STOP
 
     objective = Objective(space, split, base, output_dir / TRIALS, refresh)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -220,7 +221,7 @@ def _search(study: optuna.Study, space: SearchSpace, split: Plan, base: dict[str
     if every_strategy_failed():
         errors = "; ".join(f"{strategy}: {error}" for strategy, error in failures.items())
         raise MedftError(
-            f"every strategy failed in the last {len(failed_trials)} trials ({errors}). Fix the cause and run the "
+            f"every strategy failed in the last {failed_in_a_row} trials ({errors}). Fix the cause and run the "
             "same command again: finished trials are kept."
         )
 

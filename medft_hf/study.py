@@ -152,6 +152,11 @@ class Grid:
     throughput: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Any] = field(default_factory=dict)
 
+    def heading(self) -> str:
+        """What the grid is and the hardware its settings were sized for (the cost estimate's images/s are that
+        hardware's)."""
+        return f"{self.name}: {self.description or '(no description)'}; for: {self.hardware or '(hardware not stated)'}"
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> Grid:
         path = Path(path)
@@ -665,6 +670,8 @@ def main(argv: list[str] | None = None) -> None:
         filters = parse_filters(args.filter)
         grid.cells(filters)  # refuses unknown filters before anything runs
         root = Path(args.output_dir or f"runs/{grid.name}")
+        if args.status or args.dry_run:
+            print(grid.heading())
 
         def stage_cells(stage: int) -> tuple[list[Cell], int]:
             cells, waiting = grid.stage_cells(stage, root, filters)

@@ -51,6 +51,7 @@ from .results import (
     is_finished_run,
     save_model_atomic,
 )
+from .rng import determinism_restored
 from .strategies import (
     STRATEGIES,
     build_strategy,
@@ -326,6 +327,7 @@ def parse_args(argv: list[str] | None = None):
     return model_args, data_args, strategy_configs, training_args
 
 
+@determinism_restored()  # --full_determinism is process-wide; a grid's next run in this process starts afresh
 def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, training_args) -> RunResult:
     """Train and evaluate one model; returns what it writes to `results.json`."""
     strategy_cls = STRATEGIES[model_args.strategy]

@@ -14,40 +14,23 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
+from cpu_v2_lite0 import METRIC, ROOT, finished_cells, grid_runs, grid_summary, mean_std
 
-from medft_hf.report import collect, select_on_validation, summary
-from medft_hf.study import Cell, Grid, cell_status, configure_logging, parse_filters, run_cell
+from medft_hf.report import collect
+from medft_hf.study import Cell, Grid, configure_logging, run_cell
 
-ROOT = Path(__file__).resolve().parent.parent
-GRID_RUNS = ROOT / "docs/results/cpu-v2/runs"
 DOCS = ROOT / "docs/results/more-seeds"
 MORE_RUNS = DOCS / "runs"
-BACKBONE = "efficientnet-lite0-local"
-METRIC = "balanced_accuracy"
 STRATEGIES = ("ft", "lpft")  # the first is the reference the others are compared with
-
-
-def chosen_cells(grid: Grid, strategies: Sequence[str]) -> list[Cell]:
-    """The grid's last-stage cells (its other seeds, at each strategy's chosen setting) on every dataset, once
-    they are all done: a setting is final only when the search that chose it has finished."""
-    filters = parse_filters(f"backbone={BACKBONE},strategy={'|'.join(strategies)}")
-    cells, waiting = grid.stage_cells(grid.stages - 1, GRID_RUNS, filters)
-    unfinished = [cell.path for cell in cells if cell_status(GRID_RUNS, cell) != "done"]
-    if waiting or unfinished:
-        raise SystemExit(
-            f"The grid has not finished choosing these strategies' settings ({waiting} still searching, "
-            f"{len(unfinished)} final cells unfinished): run it first (scripts/run_cpu_v2.sh)."
-        )
-    return cells
 
 
 def run(strategies: Sequence[str], seeds: list[int]) -> None:
     configure_logging()
     grid = Grid.from_yaml("cpu-v2")
-    settings = {(cell.dataset, cell.backbone, cell.strategy, cell.sweep) for cell in chosen_cells(grid, strategies)}
+    last_stage = finished_cells(grid, f"strategy={'|'.join(strategies)}", range(grid.stages - 1, grid.stages))
+    settings = {(cell.dataset, cell.backbone, cell.strategy, cell.sweep) for cell in last_stage}
     taken = [seed for seed in seeds if seed in grid.seeds]
     if taken:
         raise SystemExit(f"Seeds {taken} are the grid's own; choose others (the grid has {grid.seeds}).")
@@ -58,13 +41,11 @@ def run(strategies: Sequence[str], seeds: list[int]) -> None:
 
 
 def table(strategies: Sequence[str] = STRATEGIES) -> str:
-    grid_runs, _ = collect(GRID_RUNS)
-    more_runs, _ = collect(MORE_RUNS)
-    grid_runs = grid_runs[(grid_runs["backbone"] == BACKBONE) & grid_runs["strategy"].isin(strategies)]
+    runs = grid_runs()
+    runs = runs[runs["strategy"].isin(strategies)]
     # The settings compare on the seeds they share (the search's seed), so the grid's choice stands with more seeds.
-    three = summary(select_on_validation(grid_runs, METRIC), METRIC).set_index(["dataset", "strategy"])
-    every = summary(select_on_validation(pd.concat([grid_runs, more_runs]), METRIC), METRIC)
-    every = every.set_index(["dataset", "strategy"])
+    three = grid_summary(runs)
+    every = grid_summary(pd.concat([runs, collect(MORE_RUNS)[0]]))
     reference, *others = strategies
     lines = [
         f"| dataset | strategy | setting | test {METRIC}: the grid's 3 seeds | with the new seeds (n) | "
@@ -75,7 +56,7 @@ def table(strategies: Sequence[str] = STRATEGIES) -> str:
     for dataset in sorted(every.index.get_level_values("dataset").unique()):
         for strategy in strategies:
             row3, row = three.loc[(dataset, strategy)], every.loc[(dataset, strategy)]
-            cells = [dataset, strategy, row.settings, _mean_std(row3), f"{_mean_std(row)} ({row.n})"]
+            cells = [dataset, strategy, row.settings, mean_std(row3), f"{mean_std(row)} ({row.n})"]
             if strategy in others:
                 ref3, ref = three.loc[(dataset, reference)], every.loc[(dataset, reference)]
                 cells += [f"{_gap(ref3, row3):+.3f}", f"{_gap(ref, row):+.3f}", _beyond(ref3, row3), _beyond(ref, row)]
@@ -83,10 +64,6 @@ def table(strategies: Sequence[str] = STRATEGIES) -> str:
                 cells += ["–"] * 4
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _mean_std(row: pd.Series) -> str:
-    return f"{row[f'test_{METRIC}_mean']:.3f} ± {row[f'test_{METRIC}_std']:.3f}"
 
 
 def _gap(reference: pd.Series, row: pd.Series) -> float:

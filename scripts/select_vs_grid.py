@@ -20,25 +20,21 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+from cpu_v2_lite0 import BACKBONE, GRID_RUNS, ROOT, finished_cells, grid_runs, grid_summary, mean_std
 
-from medft_hf.report import collect, select_on_validation, summary
 from medft_hf.results import RESULTS_FILE, RunResult
 from medft_hf.select import main as select_main
 from medft_hf.selection.ranking import RANKING_JSON, RANKING_MD, Ranking
-from medft_hf.study import Cell, Grid, cell_status, parse_filters
+from medft_hf.study import Cell, Grid
 
-ROOT = Path(__file__).resolve().parent.parent
-GRID_RUNS = ROOT / "docs/results/cpu-v2/runs"
 DOCS = ROOT / "docs/results/select-vs-grid"
-BACKBONE = "efficientnet-lite0-local"
-PAPER_STRATEGIES = ["ft", "lp", "lpft", "gu_lf", "gu_fl", "l1sp", "l2sp", "auto_rgn"]
 FRACTION = 3  # the search may spend a third of the grid's compute
 # The grid's fixed settings the search shares; the rest it searches (or they are the grid's way of running a cell).
 SHARED = ("model", "dataset", "image_size", "max_train_samples", "num_train_epochs", "per_device_train_batch_size",
           "use_cpu")  # fmt: skip
 
 
-def grid_runs(dataset: str) -> list[RunResult]:
+def finished_runs(dataset: str) -> list[RunResult]:
     """Every finished run of the grid on `dataset` with the backbone, rungs included."""
     folders = [p.parent for p in GRID_RUNS.rglob(RESULTS_FILE)]
     return [RunResult.load(f) for f in folders if dataset in f.parts and BACKBONE in f.parts]
@@ -46,17 +42,12 @@ def grid_runs(dataset: str) -> list[RunResult]:
 
 def run(dataset: str, output_dir: Path) -> None:
     grid = Grid.from_yaml("cpu-v2")
-    filters = parse_filters(f"dataset={dataset},backbone={BACKBONE}")
-    for stage in range(grid.stages):
-        cells, waiting = grid.stage_cells(stage, GRID_RUNS, filters)
-        unfinished = sum(cell_status(GRID_RUNS, cell) not in ("done", "failed") for cell in cells)
-        if unfinished or waiting:
-            raise SystemExit(f"{dataset}: the grid's stage {stage + 1} is not finished there; finish the grid first.")
-    finished = grid_runs(dataset)
+    finished_cells(grid, f"dataset={dataset}", range(grid.stages))
+    finished = finished_runs(dataset)
     budget = math.floor(sum(r.num_train_epochs for r in finished) / FRACTION)
     flags = grid.flags(Cell(dataset, BACKBONE, "ft", 0), output_dir)
     argv = [f"--{key}={value}" for key, value in flags.items() if key in SHARED]
-    select_main([*argv, "--strategies", *PAPER_STRATEGIES, "--budget", f"{budget}ep", "--output_dir", str(output_dir)])
+    select_main([*argv, "--strategies", *grid.strategies, "--budget", f"{budget}ep", "--output_dir", str(output_dir)])
     target = DOCS / dataset
     target.mkdir(parents=True, exist_ok=True)
     for name in (RANKING_JSON, RANKING_MD):
@@ -68,8 +59,7 @@ def run(dataset: str, output_dir: Path) -> None:
 
 
 def table() -> str:
-    runs, _ = collect(GRID_RUNS)
-    grid = summary(select_on_validation(runs[runs["backbone"] == BACKBONE], "balanced_accuracy"), "balanced_accuracy")
+    grid = grid_summary(grid_runs())
     lines = [
         "| dataset | grid: epochs (hours) | medft-select: budget (search, final; hours of search runs) | "
         "grid's best strategy | medft-select picked | its final runs (test) | the grid's row for it | "
@@ -79,16 +69,16 @@ def table() -> str:
     for folder in sorted(p for p in DOCS.iterdir() if (p / RANKING_JSON).is_file()):
         dataset = folder.name
         ranking = Ranking.load(folder)
-        finished = grid_runs(dataset)
+        finished = finished_runs(dataset)
         grid_hours = sum(r.train_runtime_s for r in finished) / 3600
         search_hours = sum(t.seconds for t in ranking.trials) / 3600
-        cases = grid[grid["dataset"] == dataset].set_index("strategy")
+        cases = grid.loc[dataset]
         best = cases["test_balanced_accuracy_mean"].idxmax()
         best_mean, best_std = cases.loc[best, ["test_balanced_accuracy_mean", "test_balanced_accuracy_std"]]
         picked = ranking.choice.trial.configuration["strategy"]
         tests = pd.Series([row["test"]["balanced_accuracy"] for row in ranking.final if row["test"]])
         spread = f"{tests.mean():.3f}" + (f" ± {tests.std():.3f}" if len(tests) > 1 else "") + f" (n={len(tests)})"
-        own = _mean_std(cases, picked) if picked in cases.index else "–"
+        own = mean_std(cases.loc[picked]) if picked in cases.index else "–"
         floor = best_mean - best_std
         within = "yes" if tests.mean() >= floor else "no"
         row_within = "–"
@@ -97,15 +87,10 @@ def table() -> str:
         lines.append(
             f"| {dataset} | {sum(r.num_train_epochs for r in finished)} ({grid_hours:.2f}) | "
             f"{ranking.budget['budget']} (search {ranking.budget['search_used']}, final "
-            f"{ranking.budget['final_used']}; {search_hours:.2f}) | {best} {_mean_std(cases, best)} | "
+            f"{ranking.budget['final_used']}; {search_hours:.2f}) | {best} {mean_std(cases.loc[best])} | "
             f"{picked} | {spread} | {own} | {within} | {row_within} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _mean_std(cases: pd.DataFrame, strategy: str) -> str:
-    row = cases.loc[strategy]
-    return f"{row.test_balanced_accuracy_mean:.3f} ± {row.test_balanced_accuracy_std:.3f}"
 
 
 def main() -> None:

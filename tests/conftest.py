@@ -24,6 +24,7 @@ from transformers import TrainerCallback
 from medft_hf.cache import image_datasets
 from medft_hf.data import Preprocessing, load_splits
 from medft_hf.modeling import BlockLayout, load_model
+from medft_hf.rng import determinism_restored
 from medft_hf.strategies import STRATEGIES, build_strategy
 from medft_hf.train import MedftTrainingArguments
 from medft_hf.trainer import StrategyTrainer
@@ -45,10 +46,10 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=requires_cuda)])
 def device(request) -> Iterator[dict[str, bool]]:
     """Training arguments for the CPU, or for the GPU with deterministic kernels (train.py's `--full_determinism`,
-    which the README promises makes GPU runs repeatable). Deterministic mode is process-wide: undone afterwards."""
-    yield {"use_cpu": True} if request.param == "cpu" else {"use_cpu": False, "full_determinism": True}
-    torch.use_deterministic_algorithms(False)
-    torch.backends.cudnn.deterministic = False
+    which the README promises makes GPU runs repeatable). Deterministic mode is process-wide: a Trainer built
+    outside `train.run` leaves it on, so it is undone afterwards."""
+    with determinism_restored():
+        yield {"use_cpu": True} if request.param == "cpu" else {"use_cpu": False, "full_determinism": True}
 
 
 def make_images(count: int, seed: int, size: int = 32) -> tuple[list[Image.Image], list[int]]:

@@ -179,6 +179,10 @@ def test_stored_features_feed_only_the_head_only_epochs(tiny_model, tiny_dataset
             "go on serving stored features after epoch 1, when --strategy lpft starts training the backbone",
         ),
         (["--strategy", "lora", "--augmentation", "none"], "--strategy lora trains more than the new head from its"),
+        (
+            ["--strategy", "auto_rgn", "--augmentation", "none"],
+            "--strategy auto_rgn trains more than the new head from its",
+        ),
         (["--strategy", "gu_lf", "--max_steps", "4"], "--max_steps 4 with --cache_features: --strategy gu_lf switches"),
         (["--strategy", "lp"], "cannot augment \\(--augmentation light\\)"),
         (

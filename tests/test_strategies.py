@@ -167,7 +167,9 @@ def test_sp_penalty_and_gradient_match_an_independent_computation(strategy, p, t
     torch.testing.assert_close(total - plain, trainer.strategy.penalty(model).detach(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(("strategy", "find_unused"), [("ft", False), ("l2sp", False), ("lp", True), ("gu_lf", True)])
+@pytest.mark.parametrize(
+    ("strategy", "find_unused"), [("ft", False), ("l2sp", False), ("auto_rgn", False), ("lp", True), ("gu_lf", True)]
+)
 def test_ddp_looks_for_unused_parameters_exactly_when_the_strategy_freezes_tensors(
     strategy, find_unused, tiny_model, tiny_dataset, tmp_path
 ):
@@ -296,9 +298,16 @@ def test_auto_rgn_trains_and_leaves_batchnorm_parameters_alone(tiny_model, tiny_
     trainer, snaps = make_trainer("auto_rgn", tiny_model, tiny_dataset, tmp_path, epochs=2)
     trainer.train()
     strategy = trainer.strategy
-    norm_params = [n for n, _ in trainer.model.named_parameters() if n not in strategy.names]
+    parameters = dict(trainer.model.named_parameters())
+    norm_params = [n for n in parameters if n not in strategy.names]
     assert norm_params
     assert not any(changed(snaps.states[0], snaps.states[-1], norm_params).values())
+    # Frozen, not only out of the optimizer: no gradient to clip with the trained tensors' or for DDP to all-reduce.
+    assert all(not parameters[n].requires_grad and parameters[n].grad is None for n in norm_params)
+    trained = sum(parameters[n].numel() for n in strategy.names)
+    assert trainer.trainable_per_epoch == {0: trained, 1: trained}
+    stats = norm_buffers(trainer.model, norm_params)
+    assert all(changed(snaps.states[0], snaps.states[-1], stats).values()), "running statistics follow the data"
     assert any(changed(snaps.states[0], snaps.states[-1], strategy.names).values())
     assert len(strategy.history) == 2
     for epoch in strategy.history:

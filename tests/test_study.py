@@ -137,7 +137,7 @@ def test_shards_split_the_cells_without_overlap(tmp_path, capsys):
 
     def listed(*flags: str) -> list[str]:
         main(["cpu", "--output_dir", str(tmp_path), "--status", *flags])
-        return [line.split()[1] for line in capsys.readouterr().out.strip().splitlines()[:-1]]
+        return [line.split()[1] for line in capsys.readouterr().out.strip().splitlines()[1:-1]]  # heading, cells, sum
 
     everything = listed()
     shards = [listed("--shard", f"{i}/3") for i in range(3)]
@@ -401,6 +401,7 @@ def test_paper_carves_the_tiny_xray_validation_split_and_its_dry_run_states_cost
 
     main(["paper", "--dry-run"])
     output = capsys.readouterr().out
+    assert output.splitlines()[0] == f"paper: {paper.description}; for: one GPU"
     assert "1080 cells" in output and "images/s measured" in output and "assumed" not in output
     hours = {line.split()[0]: float(line.split()[4]) for line in output.splitlines() if line.startswith(("res", "vgg"))}
     # vgg19 at 749 / 297 images/s (measured), 72 cells per dataset; (train, validation, test) as load_splits makes them
@@ -635,9 +636,10 @@ def test_a_committed_report_rebuilds_from_its_runs(study, command, tmp_path, mon
 
 
 @pytest.mark.parametrize("script", ["select_vs_grid", "more_seeds"])
-def test_a_committed_comparison_rebuilds_from_its_runs(script):
+def test_a_committed_comparison_rebuilds_from_its_runs(script, monkeypatch):
     """The `table` command of scripts/<script>.py, from the committed runs: the committed comparison.md, byte for
     byte (its numbers are the command's, not typed)."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # as `python scripts/<script>.py` has it: its helpers
     spec = importlib.util.spec_from_file_location(script, ROOT / "scripts" / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -184,6 +184,19 @@ def test_same_seed_gives_the_same_results(device, tiny_model, tiny_dataset, tmp_
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
+def test_full_determinism_ends_with_the_run(tiny_model, tiny_dataset, tmp_path, monkeypatch):
+    """It is process-wide (torch, cuDNN, environment): the next run of a grid or search in this process must start
+    from what the process had, not from the last run's --full_determinism."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    monkeypatch.delenv("CUDA_LAUNCH_BLOCKING", raising=False)
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic
+    train(tiny_model, tiny_dataset, tmp_path, "--strategy", "lp", "--num_train_epochs", "1", "--full_determinism")
+    assert (
+        (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic) == before == (False, False)
+    )
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and "CUDA_LAUNCH_BLOCKING" not in os.environ
+
+
 def test_default_dataset_is_the_bundled_breastmnist(tiny_model, tmp_path):
     results = train(tiny_model, None, tmp_path, "--strategy", "lp", "--num_train_epochs", "1")
     assert results.class_names == ["malignant", "normal_or_benign"]

@@ -4,7 +4,8 @@ Improves Adaptation to Distribution Shifts", ICLR; arXiv 2210.11466).
 At the start of every epoch each parameter tensor's gradient is measured on `rgn_batches` training batches;
 its learning rate becomes base × RGN / max RGN, RGN = ‖∇w‖ / ‖w‖ (averaged over the batches), so the layers
 whose gradients are large relative to their weights train most. As in the official code
-(anniesch/surgical-finetuning, main.py): BatchNorm parameters are left out of the optimizer and Adam's moments
+(anniesch/surgical-finetuning, main.py): BatchNorm parameters never update (there, left out of the optimizer;
+here frozen, so their gradients are not computed or clipped with the others') and Adam's moments
 start afresh each epoch (the official code builds a new Adam). Unlike it, the factors multiply the Trainer's
 scheduled rate (warm-up and decay still apply), measuring leaves BatchNorm running statistics untouched, and a
 tensor that is all zeros (the new head's bias) has no relative norm: it trains at the full rate instead of
@@ -27,6 +28,7 @@ import torch
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
+from ..modeling import BlockLayout
 from .base import BatchSource, Strategy, StrategyConfig, register_strategy
 
 
@@ -55,7 +57,7 @@ class AutoRGNConfig(StrategyConfig):
     rgn_norms: str = field(
         default="frozen",  # as in the official code
         metadata={
-            "help": "auto_rgn: BatchNorm scale and shift 'frozen' (left out of the optimizer, as in Lee et al.'s code; "
+            "help": "auto_rgn: BatchNorm scale and shift 'frozen' (never updated, as in Lee et al.'s code; "
             "the running statistics still follow the data) or 'train' (measured and scaled like any tensor).",
             "choices": ["frozen", "train"],
         },
@@ -73,20 +75,27 @@ class AutoRGN(Strategy):
     summary = "Auto-RGN: each tensor's learning rate ∝ its relative gradient norm, re-measured every epoch"
     reference = "Lee et al. 2023, 'Surgical Fine-Tuning Improves Adaptation to Distribution Shifts', ICLR"
     config_class = AutoRGNConfig
+    freezes_norm_statistics = False  # the official code leaves BatchNorm in training mode
+
+    def __init__(self, config: AutoRGNConfig, layout: BlockLayout):
+        super().__init__(config, layout)
+        self.norm_parameters: set[str] = set()  # known once `setup` has seen the model
 
     @property
     def resets_optimizer_state(self) -> bool:
         return self.config.rgn_fresh_optimizer
 
     def setup(self, model: nn.Module) -> None:
-        norm_parameters = {
+        self.norm_parameters = {
             f"{module_name}.{name}"
             for module_name, module in model.named_modules()
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and self.config.rgn_norms == "frozen"
             for name, _ in module.named_parameters(recurse=False)
         }
         parameters = dict(model.named_parameters())
-        self.names = [name for name in parameters if name not in norm_parameters]
+        for name in self.norm_parameters:  # now, before DDP wraps the model: it never expects their gradients
+            parameters[name].requires_grad_(False)
+        self.names = [name for name in parameters if name not in self.norm_parameters]
         new = set(self.layout.new)
         self.at_base_rate = {name for name in self.names if name in new} if self.config.rgn_head == "base" else set()
         self.reference = [
@@ -97,6 +106,12 @@ class AutoRGN(Strategy):
         # Per epoch: every tensor's factor (in `names` order), and the mean factor of each block (stem first) and
         # of the head, which is what the factor figure draws.
         self.history: list[dict[str, Any]] = []
+
+    def frozen_tensors(self, epoch: int) -> set[str]:
+        """With `rgn_norms frozen`, BatchNorm's scale and shift: frozen, not merely left out of the optimizer, so
+        their gradients are neither computed, clipped with the others' (which would shrink every trained tensor's
+        step) nor all-reduced by DDP, and they do not count as trainable."""
+        return self.norm_parameters
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         """One group per tensor (each gets its own rate); with `rgn_norms frozen`, BatchNorm is left out, so it

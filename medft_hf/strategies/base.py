@@ -92,6 +92,8 @@ class Strategy:
     # True when freezing blocks is all the strategy does: two such strategies that freeze the same blocks in
     # every epoch train identically (see `coinciding_strategies`).
     only_freezes: ClassVar[bool] = False
+    # False when a BatchNorm layer with frozen scale and shift still updates its running statistics.
+    freezes_norm_statistics: ClassVar[bool] = True
 
     def __init__(self, config: StrategyConfig, layout: BlockLayout):
         self.config = config
@@ -164,14 +166,15 @@ class Strategy:
 
     def begin_epoch(self, model: nn.Module, epoch: int) -> None:
         """Freeze exactly `frozen_tensors(epoch)`, unfreeze everything else; a BatchNorm layer whose parameters are
-        all frozen also keeps its running statistics fixed."""
+        all frozen also keeps its running statistics fixed (unless `freezes_norm_statistics` is False)."""
         frozen = self.frozen_tensors(epoch)
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name not in frozen)
         self._frozen_norms = [
             module
             for name, module in model.named_modules()
-            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            if self.freezes_norm_statistics
+            and isinstance(module, nn.modules.batchnorm._BatchNorm)
             and any(True for _ in module.parameters(recurse=False))
             and all(f"{name}.{p}" in frozen for p, _ in module.named_parameters(recurse=False))
         ]
