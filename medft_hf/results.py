@@ -75,6 +75,9 @@ class RunResult:
     pushed_to: str | None = None
     # set by medft-select on its final runs: how this configuration was chosen (trials, budget, reason)
     selection: dict[str, Any] | None = None
+    # set when the model was trained in another run folder (path relative to this one) and tested here, after the
+    # fact (evaluation.evaluate_finished_run: medft-select's first final run is its chosen trial's run)
+    trained_in: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunResult:

@@ -170,11 +170,13 @@ class Strategy:
         frozen = self.frozen_tensors(epoch)
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name not in frozen)
+        if not self.freezes_norm_statistics:
+            self._frozen_norms = []
+            return
         self._frozen_norms = [
             module
             for name, module in model.named_modules()
-            if self.freezes_norm_statistics
-            and isinstance(module, nn.modules.batchnorm._BatchNorm)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
             and any(True for _ in module.parameters(recurse=False))
             and all(f"{name}.{p}" in frozen for p, _ in module.named_parameters(recurse=False))
         ]
