@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from transformers import HfArgumentParser
 from .errors import MedftError, exit_on_error
 from .evaluation import evaluate_finished_run, testable_later
 from .modeling import architecture_layout
-from .results import RunResult
+from .results import RunResult, is_finished_run
 from .selection import ranking as ranking_lib
 from .selection.budget import Budget, Plan, plan
 from .selection.space import SearchSpace, flags_of
@@ -142,7 +143,9 @@ def select(args: SelectArguments, flags: dict[str, Any]) -> Selection:
     choice = ranking_lib.choose(trials, final_epochs, args.tie_break)
     search_used = spent(study, budget.unit)
     measured = seconds_per_epoch(study, split.seconds_per_epoch)
-    final = _train_final(choice.trial, split, budget.amount - search_used, measured, base, output_dir, args.seeds)
+    final = _train_final(
+        choice.trial, split, budget.amount - search_used, measured, base, training_args, output_dir, args.seeds
+    )
     model_dir = output_dir / "model"
     _link(model_dir, final[0][0])
     final_used = budget.cost(final_epochs * sum(r.trained_in is None for _, r in final), measured)
@@ -231,23 +234,23 @@ def _search(study: optuna.Study, space: SearchSpace, split: Plan, base: dict[str
 
 def _train_final(
     chosen: ranking_lib.TrialRecord, split: Plan, left: float, seconds_per_epoch: float, base: dict[str, Any],
-    output_dir: Path, seeds: int,
+    training_args: MedftTrainingArguments, output_dir: Path, seeds: int,
 ) -> list[tuple[Path, RunResult]]:  # fmt: skip
     """The chosen configuration at the full epoch count, on as many seeds (up to `seeds`) as the budget `left` pays
     (at least one: the plan reserved it). Seed 0 is the chosen trial's own run when it trained the full epoch count
     and kept its model (trials run on seed 0 with the same flags): tested, not trained a second time."""
     trained = output_dir / TRIALS / (chosen.folder or "") / f"e{split.final_epochs}"
-    reusable = bool(chosen.folder) and testable_later(trained)
-    affordable = math.floor(left / split.budget.cost(split.final_epochs, seconds_per_epoch) + 1e-9) + reusable
     folder = output_dir / "final" / (chosen.folder or f"{chosen.number:03d}")
-
-    def test_the_trials_run(flags: dict[str, Any], into: Path) -> RunResult:
-        return evaluate_finished_run(trained, into, flags)
-
+    first = folder / "seed0"
+    if is_finished_run(first):  # a rerun: seed 0 is what it was (trained by an older version, or tested)
+        reused = RunResult.load(first).trained_in is not None
+    else:
+        reused = bool(chosen.folder) and testable_later(trained, training_args)
+    affordable = math.floor(left / split.budget.cost(split.final_epochs, seconds_per_epoch) + 1e-9) + reused
     final = []
     for seed in range(max(1, min(seeds, affordable))):
         flags = trial_flags(base, chosen.configuration, split.final_epochs, seed)
-        make = test_the_trials_run if seed == 0 and reusable else train_resumably
+        make = partial(evaluate_finished_run, trained) if seed == 0 and reused else train_resumably
         final.append((folder / f"seed{seed}", run_once(flags, folder / f"seed{seed}", make)[0]))
     return final
 

@@ -19,6 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import evaluate
 import numpy as np
 import torch
 import transformers
@@ -432,7 +433,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
     identity = {
         "strategy": model_args.strategy,
         "model": model_args.model,
-        "dataset": data_args.dataset or "bundled:breastmnist",
+        "dataset": dataset_label(data_args),
         "dataset_config": data_args.dataset_config,
         "class_names": splits.class_names,
         "strategy_config": asdict(strategy.config),
@@ -534,6 +535,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
     return result
 
 
+def dataset_label(data_args: DataArguments) -> str:
+    """How results.json names the dataset: `--dataset` as given, or the bundled default's name."""
+    return data_args.dataset or "bundled:breastmnist"
+
+
 def run_splits(data_args: DataArguments, seed: int) -> ImageClassificationSplits:
     """A run's splits: the same rows for the same data arguments and seed, in the run and in a later test of it."""
     return load_splits(
@@ -550,7 +556,10 @@ def run_splits(data_args: DataArguments, seed: int) -> ImageClassificationSplits
 
 
 def score_test_split(
-    prediction: PredictionOutput, binary: dict[str, Any], training_args: TrainingArguments, metric=None
+    prediction: PredictionOutput,
+    binary: dict[str, Any],
+    training_args: TrainingArguments,
+    metric: evaluate.EvaluationModule | None = None,
 ) -> tuple[dict[str, Any], dict[str, list]]:
     """The test split's metrics (at a binary task's validation threshold in `binary`, with bootstrap intervals
     seeded by the run's seed) and its per-image outputs."""

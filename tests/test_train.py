@@ -21,7 +21,7 @@ from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
 
 from medft_hf.errors import MedftError
-from medft_hf.evaluation import evaluate_finished_run
+from medft_hf.evaluation import evaluate_finished_run, testable_later
 from medft_hf.results import RunResult, epoch_history
 from medft_hf.train import parse_args, parse_dict, run
 from medft_hf.trainer import StrategyTrainer
@@ -387,7 +387,8 @@ def test_a_run_tested_after_the_fact_scores_what_it_would_have_scored_at_its_end
     untested = run(*parse_dict({**flags, "output_dir": str(tmp_path / "trial"), "skip_test": True}))
     assert untested.test is None and untested.validation == reference.validation
 
-    tested = evaluate_finished_run(tmp_path / "trial", tmp_path / "tested", flags)
+    assert testable_later(tmp_path / "trial", parse_dict(flags)[-1])
+    tested = evaluate_finished_run(tmp_path / "trial", flags, tmp_path / "tested")
     assert tested.test == reference.test and tested.test_outputs == reference.test_outputs
     assert tested.num_examples == reference.num_examples and tested.trained_in == "../trial"
     assert RunResult.load(tmp_path / "tested") == tested
@@ -397,16 +398,26 @@ def test_a_run_tested_after_the_fact_scores_what_it_would_have_scored_at_its_end
     assert (tmp_path / "tested" / "confusion_matrix.png").is_file()
 
     with pytest.raises(MedftError, match="tested already"):
-        evaluate_finished_run(tmp_path / "tested", tmp_path / "again", flags)
+        evaluate_finished_run(tmp_path / "tested", flags, tmp_path / "again")
     with pytest.raises(MedftError, match=r"other data settings .*seed: run 0, given 1"):
-        evaluate_finished_run(tmp_path / "trial", tmp_path / "again", {**flags, "seed": 1})
+        evaluate_finished_run(tmp_path / "trial", {**flags, "seed": 1}, tmp_path / "again")
     assert not (tmp_path / "again").exists()
 
 
-def test_a_run_without_its_model_cannot_be_tested_after_the_fact(tiny_model, tiny_dataset, tmp_path):
+@pytest.mark.parametrize(
+    ("extra", "refusal"),
+    [
+        ({"strategy": "lp", "save_model": False}, "no saved model .*--save_model false"),
+        ({"strategy": "lora"}, "--strategy lora saves another model than the one its training evaluated"),
+    ],
+)
+def test_a_run_whose_evaluated_model_was_not_saved_cannot_be_tested_after_the_fact(
+    extra, refusal, tiny_model, tiny_dataset, tmp_path
+):
     flags = {"model": str(tiny_model), "dataset": str(tiny_dataset), "image_size": 32, "num_train_epochs": 1,
-             "strategy": "lp", "use_cpu": True, "save_model": False}  # fmt: skip
+             "use_cpu": True, **extra}  # fmt: skip
     run(*parse_dict({**flags, "output_dir": str(tmp_path / "trial"), "skip_test": True}))
-    with pytest.raises(MedftError, match=r"no saved model .*--save_model false"):
-        evaluate_finished_run(tmp_path / "trial", tmp_path / "tested", flags)
+    assert not testable_later(tmp_path / "trial", parse_dict(flags)[-1])
+    with pytest.raises(MedftError, match=refusal):
+        evaluate_finished_run(tmp_path / "trial", flags, tmp_path / "tested")
     assert not (tmp_path / "tested").exists()

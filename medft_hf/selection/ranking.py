@@ -206,9 +206,9 @@ def markdown(ranking: Ranking) -> str:
     tests = [row["test"]["balanced_accuracy"] for row in ranking.final if row["test"]]
     if tests:
         spread = f" ± {statistics.stdev(tests):.4f} (sd over {len(tests)} seeds)" if len(tests) > 1 else ""
-        reused = " (the chosen trial's own run, tested: it trained with these flags on seed 0)" * any(
-            row.get("trained_in") for row in ranking.final[:1]
-        )
+        reused = ""
+        if ranking.final[0].get("trained_in"):
+            reused = " (the chosen trial's own run, tested: it trained with these flags on seed 0)"
         lines += [
             f"Final runs ({len(ranking.final)} seed{'s' if len(ranking.final) > 1 else ''}; `model/` is seed 0"
             f"{reused}): test balanced accuracy {statistics.mean(tests):.4f}{spread}, the test split evaluated once "

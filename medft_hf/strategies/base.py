@@ -119,6 +119,12 @@ class Strategy:
         """Before the final save: the model as it should be published (a plain timm model `pipeline()` loads)."""
         return model
 
+    @classmethod
+    def saves_the_model_it_evaluates(cls) -> bool:
+        """Whether the saved model computes what training evaluated: not when `export_model` rewrites it (LoRA
+        merges its adapters, which moves logits by rounding), so a saved model tested later would be another."""
+        return cls.export_model is Strategy.export_model
+
     def setup(self, model: nn.Module) -> None:
         """Called once on the pretrained model, before any training step or checkpoint is loaded."""
 
