@@ -75,20 +75,32 @@ def image_datasets(
     """Train (augmented, seeded per row), validation and test rows: read from the decoded-image cache, or
     decoded and augmented with PIL on every read (`cached=False`)."""
     named = {"train": splits.train, "validation": splits.validation, "test": splits.test}
-    named = {name: split for name, split in named.items() if split is not None}
-    columns = splits.image_column, splits.label_column
-    if cached:
-        decoded = {name: decode_split(split, *columns, preprocessing, name, num_proc) for name, split in named.items()}
-        rows = {name: DecodedImages(split, preprocessing, name == "train", seed) for name, split in decoded.items()}
-    else:
-        train_transform, eval_transform = preprocessing.pil_transforms()
-        rows = {
-            name: ImageClassificationDataset(split, *columns, eval_transform, name)
-            for name, split in named.items()
-            if name != "train"
-        }
-        rows["train"] = ImageClassificationDataset(splits.train, *columns, train_transform, "train", seed=seed)
+    rows = {
+        name: split_rows(splits, name, preprocessing, seed, cached, num_proc)
+        for name, split in named.items()
+        if split is not None
+    }
     return rows["train"], rows["validation"], rows.get("test")
+
+
+def split_rows(
+    splits: ImageClassificationSplits,
+    name: str,
+    preprocessing: Preprocessing,
+    seed: int = 0,
+    cached: bool = True,
+    num_proc: int | None = None,
+) -> torch.utils.data.Dataset:
+    """The rows of one split (`train` augmented, seeded per row by `seed`; the others as evaluation sees them)."""
+    split = getattr(splits, name)
+    columns = splits.image_column, splits.label_column
+    augment = name == "train"
+    if cached:
+        return DecodedImages(decode_split(split, *columns, preprocessing, name, num_proc), preprocessing, augment, seed)
+    train_transform, eval_transform = preprocessing.pil_transforms()
+    if augment:
+        return ImageClassificationDataset(split, *columns, train_transform, name, seed=seed)
+    return ImageClassificationDataset(split, *columns, eval_transform, name)
 
 
 class DecodedImages(torch.utils.data.Dataset):

@@ -23,8 +23,9 @@ import torch
 from .errors import MedftError
 
 RESULTS_FILE = "results.json"
+MODEL_FILES = ("config.json", "model.safetensors")  # what save_pretrained writes for a timm model
 # A finished run's own files: its model, record, model card and figures.
-RUN_FILES = ("config.json", "model.safetensors", RESULTS_FILE, "README.md", "*.png")
+RUN_FILES = (*MODEL_FILES, RESULTS_FILE, "README.md", "*.png")
 # A study's successive-halving runs (short schedules that rank settings) live under this folder of its output; they
 # chose the settings but are not results of the study.
 RUNGS_FOLDER = "rungs"
@@ -75,6 +76,9 @@ class RunResult:
     pushed_to: str | None = None
     # set by medft-select on its final runs: how this configuration was chosen (trials, budget, reason)
     selection: dict[str, Any] | None = None
+    # set when the model was trained in another run folder (path relative to this one) and tested here, after the
+    # fact (evaluation.evaluate_finished_run: medft-select's first final run is its chosen trial's run)
+    trained_in: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunResult:

@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,9 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from .errors import MedftError, exit_on_error
+from .evaluation import evaluate_finished_run, testable_later
 from .modeling import architecture_layout
-from .results import RunResult
+from .results import RunResult, is_finished_run
 from .selection import ranking as ranking_lib
 from .selection.budget import Budget, Plan, plan
 from .selection.space import SearchSpace, flags_of
@@ -46,6 +48,7 @@ from .selection.storage import (
 )
 from .selection.trials import Objective, run_once, trial_flags
 from .strategies import STRATEGIES, strategy_config_classes
+from .study import train_resumably
 from .train import (
     DataArguments,
     HelpFormatter,
@@ -140,15 +143,18 @@ def select(args: SelectArguments, flags: dict[str, Any]) -> Selection:
     choice = ranking_lib.choose(trials, final_epochs, args.tie_break)
     search_used = spent(study, budget.unit)
     measured = seconds_per_epoch(study, split.seconds_per_epoch)
-    final = _train_final(choice.trial, split, budget.amount - search_used, measured, base, output_dir, args.seeds)
+    final = _train_final(
+        choice.trial, split, budget.amount - search_used, measured, base, training_args, output_dir, args.seeds
+    )
     model_dir = output_dir / "model"
     _link(model_dir, final[0][0])
-    final_used = budget.cost(final_epochs * len(final), measured)
+    final_used = budget.cost(final_epochs * sum(r.trained_in is None for _, r in final), measured)
     result = ranking_lib.Ranking(
         trials=trials,
         choice=choice,
         budget={"budget": budget.describe(), "unit": budget.unit, "search_used": budget.describe(search_used),
-                "final_used": budget.describe(final_used), "final_seeds": len(final), "rungs": list(space.rungs)},
+                "final_used": budget.describe(final_used), "final_seeds": len(final),
+                "final_from_search": sum(r.trained_in is not None for _, r in final), "rungs": list(space.rungs)},
         final=ranking_lib.final_rows(final, output_dir),
     )  # fmt: skip
     ranking_lib.write(result, output_dir)
@@ -197,8 +203,8 @@ def _search(study: optuna.Study, space: SearchSpace, split: Plan, base: dict[str
         return spent(study, unit) + cost <= split.search_budget + 1e-9 and not ended(study, split.budget)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        refresh()
         nonlocal failed_in_a_row
+        refresh()
         if ERROR in trial.user_attrs:
             failed_in_a_row += 1
             failures[trial.params.get("strategy", "?")] = f"trial {trial.number}: {trial.user_attrs[ERROR]}"
@@ -228,17 +234,25 @@ def _search(study: optuna.Study, space: SearchSpace, split: Plan, base: dict[str
 
 def _train_final(
     chosen: ranking_lib.TrialRecord, split: Plan, left: float, seconds_per_epoch: float, base: dict[str, Any],
-    output_dir: Path, seeds: int,
+    training_args: MedftTrainingArguments, output_dir: Path, seeds: int,
 ) -> list[tuple[Path, RunResult]]:  # fmt: skip
     """The chosen configuration at the full epoch count, on as many seeds (up to `seeds`) as the budget `left` pays
-    (at least one: the plan reserved it)."""
-    affordable = math.floor(left / split.budget.cost(split.final_epochs, seconds_per_epoch) + 1e-9)
+    (at least one: the plan reserved it). Seed 0 is the chosen trial's own run when it trained the full epoch count
+    and kept its model (trials run on seed 0 with the same flags): tested, not trained a second time."""
+    trained = output_dir / TRIALS / (chosen.folder or "") / f"e{split.final_epochs}"
     folder = output_dir / "final" / (chosen.folder or f"{chosen.number:03d}")
-    return [
-        (folder / f"seed{seed}", run_once(trial_flags(base, chosen.configuration, split.final_epochs, seed),
-                                          folder / f"seed{seed}")[0])
-        for seed in range(max(1, min(seeds, affordable)))
-    ]  # fmt: skip
+    first = folder / "seed0"
+    if is_finished_run(first):  # a rerun: seed 0 is what it was (trained by an older version, or tested)
+        reused = RunResult.load(first).trained_in is not None
+    else:
+        reused = bool(chosen.folder) and testable_later(trained, training_args)
+    affordable = math.floor(left / split.budget.cost(split.final_epochs, seconds_per_epoch) + 1e-9) + reused
+    final = []
+    for seed in range(max(1, min(seeds, affordable))):
+        flags = trial_flags(base, chosen.configuration, split.final_epochs, seed)
+        make = partial(evaluate_finished_run, trained) if seed == 0 and reused else train_resumably
+        final.append((folder / f"seed{seed}", run_once(flags, folder / f"seed{seed}", make)[0]))
+    return final
 
 
 def _link(link: Path, target: Path) -> None:

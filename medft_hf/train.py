@@ -19,16 +19,18 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import evaluate
 import numpy as np
 import torch
 import transformers
 from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArguments, set_seed
+from transformers.trainer_utils import PredictionOutput
 
 from . import defaults
 from . import metrics as metrics_lib
 from .cache import check_feature_cache, image_datasets, on_stored_features
 from .checkpoints import load_checkpoint_state, resolve_checkpoint
-from .data import AUGMENTATIONS, DEFAULT_AUGMENTATION, Preprocessing, load_splits
+from .data import AUGMENTATIONS, DEFAULT_AUGMENTATION, ImageClassificationSplits, Preprocessing, load_splits
 from .errors import MedftError, exit_on_error
 from .figures import run_figures
 from .hub import check_push_ready, push_model
@@ -365,17 +367,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
     set_seed(training_args.seed)
 
     # 1. Data and model: every check happens here, before anything is written.
-    splits = load_splits(
-        data_args.dataset,
-        data_args.dataset_config,
-        data_args.image_column,
-        data_args.label_column,
-        data_args.val_fraction,
-        data_args.max_train_samples,
-        seed=training_args.seed,
-        min_validation_size=data_args.min_validation_size,
-        max_eval_samples=data_args.max_eval_samples,
-    )
+    splits = run_splits(data_args, training_args.seed)
     if training_args.skip_test:
         splits = replace(splits, test=None)  # not even decoded
     positive_label = positive_label_of(data_args.positive_class, splits.class_names)
@@ -441,7 +433,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
     identity = {
         "strategy": model_args.strategy,
         "model": model_args.model,
-        "dataset": data_args.dataset or "bundled:breastmnist",
+        "dataset": dataset_label(data_args),
         "dataset_config": data_args.dataset_config,
         "class_names": splits.class_names,
         "strategy_config": asdict(strategy.config),
@@ -502,19 +494,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             validation_prediction.predictions, validation_prediction.label_ids, positive_label
         )
         binary = {"positive_label": positive_label, "threshold": threshold}
-
-    def evaluate(prediction, **options):
-        return metrics_lib.compute_classification_metrics(
-            prediction.predictions, prediction.label_ids, per_class=True, metric=metric, **binary, **options
-        )
-
+    validation_metrics = metrics_lib.compute_classification_metrics(
+        validation_prediction.predictions, validation_prediction.label_ids, per_class=True, metric=metric, **binary
+    )
     test_metrics = test_outputs = None
     if test_set is not None:
-        test_prediction = trainer.predict(test_set)
-        test_metrics = evaluate(
-            test_prediction, bootstrap_resamples=training_args.bootstrap_resamples, seed=training_args.seed
-        )
-        test_outputs = metrics_lib.per_image_outputs(test_prediction.predictions, test_prediction.label_ids)
+        test_metrics, test_outputs = score_test_split(trainer.predict(test_set), binary, training_args, metric)
 
     result = RunResult(
         **identity,
@@ -528,7 +513,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         seed=training_args.seed,
         mixed_precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
         positive_class=splits.class_names[positive_label] if binary else None,
-        validation=evaluate(validation_prediction),
+        validation=validation_metrics,
         test=test_metrics,
         test_outputs=test_outputs,
         best_checkpoint=trainer.state.best_model_checkpoint,
@@ -548,6 +533,46 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
             result.pushed_to = push_model(output_dir, push_to, private=training_args.hub_private_repo)
             result.save(output_dir)  # where it went; the copy pushed says null
     return result
+
+
+def dataset_label(data_args: DataArguments) -> str:
+    """How results.json names the dataset: `--dataset` as given, or the bundled default's name."""
+    return data_args.dataset or "bundled:breastmnist"
+
+
+def run_splits(data_args: DataArguments, seed: int) -> ImageClassificationSplits:
+    """A run's splits: the same rows for the same data arguments and seed, in the run and in a later test of it."""
+    return load_splits(
+        data_args.dataset,
+        data_args.dataset_config,
+        data_args.image_column,
+        data_args.label_column,
+        data_args.val_fraction,
+        data_args.max_train_samples,
+        seed=seed,
+        min_validation_size=data_args.min_validation_size,
+        max_eval_samples=data_args.max_eval_samples,
+    )
+
+
+def score_test_split(
+    prediction: PredictionOutput,
+    binary: dict[str, Any],
+    training_args: TrainingArguments,
+    metric: evaluate.EvaluationModule | None = None,
+) -> tuple[dict[str, Any], dict[str, list]]:
+    """The test split's metrics (at a binary task's validation threshold in `binary`, with bootstrap intervals
+    seeded by the run's seed) and its per-image outputs."""
+    metrics = metrics_lib.compute_classification_metrics(
+        prediction.predictions,
+        prediction.label_ids,
+        per_class=True,
+        metric=metric,
+        **binary,
+        bootstrap_resamples=training_args.bootstrap_resamples,
+        seed=training_args.seed,
+    )
+    return metrics, metrics_lib.per_image_outputs(prediction.predictions, prediction.label_ids)
 
 
 def positive_label_of(positive_class: str | None, class_names: list[str]) -> int:

@@ -158,8 +158,11 @@ def test_tiny_search_writes_ranking_and_final_model(tiny_model, tiny_dataset, tm
         assert trial.standard_error == pytest.approx(
             balanced_accuracy_standard_error(top.validation["confusion_matrix"]), abs=1e-6
         )
-    # the budget: trials' epochs and the final run's add up to at most 8
-    assert sum(t.epochs for t in ranking.trials) + 2 * ranking.budget["final_seeds"] <= 8
+    # the budget: trials' epochs and the final runs' add up to at most 8; the chosen trial's 2-epoch run, made with
+    # the final run's flags on seed 0, is that run: tested, not trained again
+    assert ranking.budget["final_from_search"] == 1
+    retrained = ranking.budget["final_seeds"] - ranking.budget["final_from_search"]
+    assert sum(t.epochs for t in ranking.trials) + 2 * retrained <= 8
     assert ranking.choice.trial.number in ranking.choice.tied
     # the final model: train.py's layout, the chosen configuration at the full epochs, tested once
     model = RunResult.load(selection.model_dir)
@@ -170,6 +173,10 @@ def test_tiny_search_writes_ranking_and_final_model(tiny_model, tiny_dataset, tm
         2,
     )
     assert model.test is not None and (selection.model_dir / "model.safetensors").is_file()
+    trial_run = output_dir / "trials" / ranking.choice.trial.folder / "e2"
+    assert (selection.model_dir / model.trained_in).resolve() == trial_run.resolve()
+    assert model.validation == RunResult.load(trial_run).validation
+    assert ranking.final[0]["trained_in"] == model.trained_in
     assert ranking.final[0]["test"]["balanced_accuracy"] == model.test["balanced_accuracy"]
     assert "**Chosen**: trial" in (output_dir / "ranking.md").read_text()
     # its model card says how it was chosen

@@ -21,8 +21,9 @@ from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
 
 from medft_hf.errors import MedftError
+from medft_hf.evaluation import evaluate_finished_run, testable_later
 from medft_hf.results import RunResult, epoch_history
-from medft_hf.train import parse_args, run
+from medft_hf.train import parse_args, parse_dict, run
 from medft_hf.trainer import StrategyTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -358,3 +359,65 @@ def test_real_backbone_on_real_data_beats_the_majority_baseline(tmp_path):
     majority = max(support) / sum(support)
     assert results.test["accuracy"] > majority
     assert results.test["balanced_accuracy"] > 0.6
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"strategy": "lpft"},  # the tiny 3-class set
+        # the bundled BreastMNIST: binary, so the decision threshold comes from the run's validation; with intervals
+        {
+            "strategy": "ft",
+            "dataset": None,
+            "num_train_epochs": 1,
+            "max_train_samples": 64,
+            "bootstrap_resamples": 50,
+            "positive_class": "malignant",
+        },
+    ],
+)
+def test_a_run_tested_after_the_fact_scores_what_it_would_have_scored_at_its_end(data, tiny_model, tiny_dataset,
+                                                                                    tmp_path):  # fmt: skip
+    """medft-select's first final run is its chosen trial's run (trained with --skip_test), tested later: it must
+    be the run the same flags train and test in one go."""
+    flags = {"model": str(tiny_model), "dataset": str(tiny_dataset), "image_size": 32, "num_train_epochs": 2,
+             "per_device_train_batch_size": 16, "seed": 0, "use_cpu": True, **data}  # fmt: skip
+    flags = {name: value for name, value in flags.items() if value is not None}
+    reference = run(*parse_dict({**flags, "output_dir": str(tmp_path / "run")}))
+    untested = run(*parse_dict({**flags, "output_dir": str(tmp_path / "trial"), "skip_test": True}))
+    assert untested.test is None and untested.validation == reference.validation
+
+    assert testable_later(tmp_path / "trial", parse_dict(flags)[-1])
+    tested = evaluate_finished_run(tmp_path / "trial", flags, tmp_path / "tested")
+    assert tested.test == reference.test and tested.test_outputs == reference.test_outputs
+    assert tested.num_examples == reference.num_examples and tested.trained_in == "../trial"
+    assert RunResult.load(tmp_path / "tested") == tested
+    assert (tmp_path / "tested" / "model.safetensors").read_bytes() == (
+        tmp_path / "trial" / "model.safetensors"
+    ).read_bytes()
+    assert (tmp_path / "tested" / "confusion_matrix.png").is_file()
+
+    with pytest.raises(MedftError, match="tested already"):
+        evaluate_finished_run(tmp_path / "tested", flags, tmp_path / "again")
+    with pytest.raises(MedftError, match=r"other data settings .*seed: run 0, given 1"):
+        evaluate_finished_run(tmp_path / "trial", {**flags, "seed": 1}, tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "refusal"),
+    [
+        ({"strategy": "lp", "save_model": False}, "no saved model .*--save_model false"),
+        ({"strategy": "lora"}, "--strategy lora saves another model than the one its training evaluated"),
+    ],
+)
+def test_a_run_whose_evaluated_model_was_not_saved_cannot_be_tested_after_the_fact(
+    extra, refusal, tiny_model, tiny_dataset, tmp_path
+):
+    flags = {"model": str(tiny_model), "dataset": str(tiny_dataset), "image_size": 32, "num_train_epochs": 1,
+             "use_cpu": True, **extra}  # fmt: skip
+    run(*parse_dict({**flags, "output_dir": str(tmp_path / "trial"), "skip_test": True}))
+    assert not testable_later(tmp_path / "trial", parse_dict(flags)[-1])
+    with pytest.raises(MedftError, match=refusal):
+        evaluate_finished_run(tmp_path / "trial", flags, tmp_path / "tested")
+    assert not (tmp_path / "tested").exists()

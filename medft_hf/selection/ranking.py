@@ -176,7 +176,7 @@ def _augmentation(trial: TrialRecord) -> str:
 def final_rows(results: list[tuple[Path, RunResult]], output_dir: Path) -> list[dict[str, Any]]:
     return [
         {"seed": r.seed, "folder": str(folder.relative_to(output_dir)), "validation": _headline(r.validation),
-         "test": _headline(r.test) if r.test else None}
+         "test": _headline(r.test) if r.test else None, "trained_in": r.trained_in}
         for folder, r in results
     ]  # fmt: skip
 
@@ -206,10 +206,13 @@ def markdown(ranking: Ranking) -> str:
     tests = [row["test"]["balanced_accuracy"] for row in ranking.final if row["test"]]
     if tests:
         spread = f" ± {statistics.stdev(tests):.4f} (sd over {len(tests)} seeds)" if len(tests) > 1 else ""
+        reused = ""
+        if ranking.final[0].get("trained_in"):
+            reused = " (the chosen trial's own run, tested: it trained with these flags on seed 0)"
         lines += [
-            f"Final runs ({len(ranking.final)} seed{'s' if len(ranking.final) > 1 else ''}; `model/` is seed 0): test "
-            f"balanced accuracy "
-            f"{statistics.mean(tests):.4f}{spread}, the test split evaluated once per final run.",
+            f"Final runs ({len(ranking.final)} seed{'s' if len(ranking.final) > 1 else ''}; `model/` is seed 0"
+            f"{reused}): test balanced accuracy {statistics.mean(tests):.4f}{spread}, the test split evaluated once "
+            "per final run.",
             "",
         ]
     rungs = sorted({epochs for t in ranking.trials for epochs in t.scores})

@@ -26,15 +26,17 @@ from .storage import CLAIM, EPOCHS, ERROR, POLL_S, SECONDS, end, first_number, s
 OBJECTIVE = "balanced_accuracy"  # of the validation split, at the run's best epoch
 
 
-def run_once(flags: dict[str, Any], folder: Path) -> tuple[RunResult, float | None]:
-    """The run of `flags` in `folder`: trained (resumed from its last checkpoint if one exists), or read back when it
-    already finished, also when another worker trained it. Returns the result and the seconds trained here (None: the
-    run was reused)."""
+def run_once(
+    flags: dict[str, Any], folder: Path, make: Callable[[dict[str, Any], Path], RunResult] = train_resumably
+) -> tuple[RunResult, float | None]:
+    """The run of `flags` in `folder`: made by `make` (trained, resumed from its last checkpoint if one exists), or
+    read back when it already finished, also when another worker made it. Returns the result and the seconds spent
+    here (None: the run was reused)."""
     while not is_finished_run(folder):
         with cell_lock(folder) as held:
             if held and not is_finished_run(folder):
                 start = time.monotonic()
-                return train_resumably(flags, folder), time.monotonic() - start
+                return make(flags, folder), time.monotonic() - start
         if not held:
             time.sleep(POLL_S)  # another worker trains it
     return RunResult.load(folder), None

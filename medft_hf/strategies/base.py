@@ -119,6 +119,12 @@ class Strategy:
         """Before the final save: the model as it should be published (a plain timm model `pipeline()` loads)."""
         return model
 
+    @classmethod
+    def saves_the_model_it_evaluates(cls) -> bool:
+        """Whether the saved model computes what training evaluated: not when `export_model` rewrites it (LoRA
+        merges its adapters, which moves logits by rounding), so a saved model tested later would be another."""
+        return cls.export_model is Strategy.export_model
+
     def setup(self, model: nn.Module) -> None:
         """Called once on the pretrained model, before any training step or checkpoint is loaded."""
 
@@ -170,11 +176,13 @@ class Strategy:
         frozen = self.frozen_tensors(epoch)
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name not in frozen)
+        if not self.freezes_norm_statistics:
+            self._frozen_norms = []
+            return
         self._frozen_norms = [
             module
             for name, module in model.named_modules()
-            if self.freezes_norm_statistics
-            and isinstance(module, nn.modules.batchnorm._BatchNorm)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
             and any(True for _ in module.parameters(recurse=False))
             and all(f"{name}.{p}" in frozen for p, _ in module.named_parameters(recurse=False))
         ]
