@@ -27,7 +27,7 @@ from .strategies import STRATEGIES
 from .train import MedftTrainingArguments, dataset_label, parse_dict, positive_label_of, run_splits, score_test_split
 
 
-def testable_later(folder: Path, training_args: MedftTrainingArguments) -> bool:
+def can_test_later(folder: Path, training_args: MedftTrainingArguments) -> bool:
     """Whether `evaluate_finished_run` takes the run in `folder`, made with `training_args`: finished, untested,
     its model kept, and that model the one its training evaluated (see `_why_not_testable`)."""
     return is_finished_run(folder) and _why_not_testable(folder, RunResult.load(folder), training_args) is None

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from .errors import MedftError, exit_on_error
-from .evaluation import evaluate_finished_run, testable_later
+from .evaluation import can_test_later, evaluate_finished_run
 from .modeling import architecture_layout
 from .results import RunResult, is_finished_run
 from .selection import ranking as ranking_lib
@@ -245,7 +245,7 @@ def _train_final(
     if is_finished_run(first):  # a rerun: seed 0 is what it was (trained by an older version, or tested)
         reused = RunResult.load(first).trained_in is not None
     else:
-        reused = bool(chosen.folder) and testable_later(trained, training_args)
+        reused = bool(chosen.folder) and can_test_later(trained, training_args)
     affordable = math.floor(left / split.budget.cost(split.final_epochs, seconds_per_epoch) + 1e-9) + reused
     final = []
     for seed in range(max(1, min(seeds, affordable))):

@@ -21,7 +21,7 @@ from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
 
 from medft_hf.errors import MedftError
-from medft_hf.evaluation import evaluate_finished_run, testable_later
+from medft_hf.evaluation import can_test_later, evaluate_finished_run
 from medft_hf.results import RunResult, epoch_history
 from medft_hf.train import parse_args, parse_dict, run
 from medft_hf.trainer import StrategyTrainer
@@ -387,7 +387,7 @@ def test_a_run_tested_after_the_fact_scores_what_it_would_have_scored_at_its_end
     untested = run(*parse_dict({**flags, "output_dir": str(tmp_path / "trial"), "skip_test": True}))
     assert untested.test is None and untested.validation == reference.validation
 
-    assert testable_later(tmp_path / "trial", parse_dict(flags)[-1])
+    assert can_test_later(tmp_path / "trial", parse_dict(flags)[-1])
     tested = evaluate_finished_run(tmp_path / "trial", flags, tmp_path / "tested")
     assert tested.test == reference.test and tested.test_outputs == reference.test_outputs
     assert tested.num_examples == reference.num_examples and tested.trained_in == "../trial"
@@ -417,7 +417,7 @@ def test_a_run_whose_evaluated_model_was_not_saved_cannot_be_tested_after_the_fa
     flags = {"model": str(tiny_model), "dataset": str(tiny_dataset), "image_size": 32, "num_train_epochs": 1,
              "use_cpu": True, **extra}  # fmt: skip
     run(*parse_dict({**flags, "output_dir": str(tmp_path / "trial"), "skip_test": True}))
-    assert not testable_later(tmp_path / "trial", parse_dict(flags)[-1])
+    assert not can_test_later(tmp_path / "trial", parse_dict(flags)[-1])
     with pytest.raises(MedftError, match=refusal):
         evaluate_finished_run(tmp_path / "trial", flags, tmp_path / "tested")
     assert not (tmp_path / "tested").exists()
