@@ -18,13 +18,21 @@ from typing import Any
 import transformers
 
 from .cache import split_rows
-from .data import Preprocessing
+from .data import ImageClassificationSplits, Preprocessing
 from .errors import MedftError
 from .figures import run_figures
 from .modeling import load_model
 from .results import MODEL_FILES, RunResult, is_finished_run
 from .strategies import STRATEGIES
-from .train import MedftTrainingArguments, dataset_label, parse_dict, positive_label_of, run_splits, score_test_split
+from .train import (
+    DataArguments,
+    MedftTrainingArguments,
+    dataset_label,
+    parse_dict,
+    positive_label_of,
+    run_splits,
+    score_test_split,
+)
 
 
 def can_test_later(folder: Path, training_args: MedftTrainingArguments) -> bool:
@@ -34,8 +42,9 @@ def can_test_later(folder: Path, training_args: MedftTrainingArguments) -> bool:
 
 
 def evaluate_finished_run(trained: Path, flags: dict[str, Any], output_dir: Path) -> RunResult:
-    """The finished, untested run in `trained`, tested into `output_dir`; `flags` are the train.py arguments that
-    run was made with (`skip_test` aside). Shaped like `study.train_resumably` once `trained` is bound."""
+    """The finished, untested run in `trained`, tested into `output_dir` (on a dataset without a test split, copied
+    there as it stands); `flags` are the train.py arguments that run was made with (`skip_test` aside). Shaped like
+    `study.train_resumably` once `trained` is bound."""
     run = RunResult.load(trained)
     _, data_args, _, training_args = parse_dict({**flags, "skip_test": False, "output_dir": str(output_dir)})
     refusal = _why_not_testable(trained, run, training_args)
@@ -56,8 +65,31 @@ def evaluate_finished_run(trained: Path, flags: dict[str, Any], output_dir: Path
     if mismatches:
         raise MedftError(f"{trained} was made with other data settings ({'; '.join(mismatches)}).")
     splits = run_splits(data_args, training_args.seed)
-    if splits.test is None or splits.class_names != run.class_names:
-        raise MedftError(f"--dataset {data_args.dataset}: no test split with {trained}'s classes to test it on.")
+    if splits.class_names != run.class_names:
+        raise MedftError(
+            f"--dataset {data_args.dataset}: classes {splits.class_names}, but {trained} was trained on "
+            f"{run.class_names}."
+        )
+    # A dataset without a test split: the run is final as it stands, as train.py leaves a run on such data.
+    tested = run if splits.test is None else _tested(run, trained, splits, data_args, training_args)
+    tested = replace(tested, trained_in=os.path.relpath(trained, output_dir))
+    # The model first, results.json last: a folder cut off before it is not taken for a finished run.
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        shutil.copy2(trained / name, output_dir / name)
+    run_figures(tested, output_dir)
+    tested.save(output_dir)
+    return tested
+
+
+def _tested(
+    run: RunResult,
+    trained: Path,
+    splits: ImageClassificationSplits,
+    data_args: DataArguments,
+    training_args: MedftTrainingArguments,
+) -> RunResult:
+    """`run` with the test split's metrics and per-image outputs, scored as train.py scores them."""
     model = load_model(str(trained), splits.class_names)
     preprocessing = Preprocessing.for_model(model.timm_model, run.image_size, run.augmentation)
     test_set = split_rows(
@@ -79,24 +111,11 @@ def evaluate_finished_run(trained: Path, flags: dict[str, Any], output_dir: Path
     )
     prediction = transformers.Trainer(model=model, args=predicting).predict(test_set)
     test, test_outputs = score_test_split(prediction, binary, training_args)
-    tested = replace(
-        run,
-        test=test,
-        test_outputs=test_outputs,
-        num_examples={**run.num_examples, "test": len(test_set)},
-        trained_in=os.path.relpath(trained, output_dir),
-    )
-    # The model first, results.json last: a folder cut off before it is not taken for a finished run.
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for name in MODEL_FILES:
-        shutil.copy2(trained / name, output_dir / name)
-    run_figures(tested, output_dir)
-    tested.save(output_dir)
-    return tested
+    return replace(run, test=test, test_outputs=test_outputs, num_examples={**run.num_examples, "test": len(test_set)})
 
 
 def _why_not_testable(folder: Path, run: RunResult, training_args: MedftTrainingArguments) -> str | None:
-    if run.test is not None:
+    if run.test is not None or run.trained_in is not None:
         return "this run has been tested already; its results.json holds the test metrics"
     missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
     if missing:

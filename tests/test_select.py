@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+from conftest import write_hub_dataset
 
 from medft_hf import select as select_lib
 from medft_hf import train as train_lib
@@ -66,6 +67,16 @@ def test_every_spelling_of_a_train_flag_fixes_it():
         with pytest.raises(SystemExit) as refused:
             select_lib.parse_args(["--budget", "60ep", wrong, "0.001"])
         assert refused.value.code == 2
+
+
+def test_help_shows_only_the_flags_a_search_takes(capsys):
+    with pytest.raises(SystemExit):
+        select_lib.parse_args(["--help"])
+    shown = capsys.readouterr().out
+    assert "--budget" in shown and "--learning_rate" in shown and "--ft_learning_rate" in shown
+    assert "Required: the search's folder" in shown and "outputs/<strategy>" not in shown
+    for owned in ("--strategy ", "--seed ", "--skip_test", "--resume_from_checkpoint", "--overwrite_output_dir"):
+        assert owned not in shown
 
 
 def test_budget_and_rungs():
@@ -183,6 +194,17 @@ def test_tiny_search_writes_ranking_and_final_model(tiny_model, tiny_dataset, tm
     assert model.selection["reason"] == ranking.choice.reason
     card = str(model_card(model, "someone/chosen"))
     assert "## How this configuration was chosen" in card and ranking.choice.reason in card
+
+
+def test_a_dataset_without_a_test_split_gets_its_final_model_untested(tiny_model, tmp_path):
+    dataset = write_hub_dataset(tmp_path / "data", {"train": 48, "validation": 12})
+    args = select_lib.SelectArguments(budget="6ep", strategies=["ft"], seeds=1, reduction_factor=2)
+    selection = select_lib.select(args, train_flags(tiny_model, dataset, tmp_path / "search"))
+    assert selection.ranking.budget["final_from_search"] == 1
+    model = RunResult.load(selection.model_dir)
+    assert model.test is None and model.trained_in is not None
+    assert model.validation == RunResult.load(selection.model_dir / model.trained_in).validation
+    assert (selection.model_dir / "model.safetensors").is_file()
 
 
 def test_rerun_after_interruption_repeats_no_finished_run(tiny_model, tiny_dataset, tmp_path, monkeypatch):
