@@ -26,15 +26,19 @@ from huggingface_hub import (
     get_token,
 )
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-from huggingface_hub.utils import httpx, validate_repo_id  # httpx: the HTTP library the client uses
+from huggingface_hub.utils import (
+    filter_repo_objects,
+    httpx,  # the HTTP library the client uses
+    validate_repo_id,
+)
 
 from .errors import MedftError, exit_on_error
 from .results import CALIBRATION, METRICS, RESULTS_FILE, RunResult, run_files
 from .strategies import STRATEGIES
 
 PROJECT = "medft-hf"
+# A study repo's files besides its card, which is made from report.md at push time, not written into the folder.
 STUDY_FILES = [
-    "README.md",
     "runs.parquet",
     "runs.csv",
     "summary.csv",
@@ -329,14 +333,22 @@ def push_study(report_dir: str | Path, repo_id: str, private: bool | None = None
     if not (report_dir / "report.md").is_file() or not (report_dir / "runs.parquet").is_file():
         raise MedftError(f"{report_dir}: not a study report (run `medft-report RESULTS --output_dir {report_dir}`).")
     check_push_ready(repo_id)
-    study_card(report_dir, repo_id).save(report_dir / "README.md")
+    files = filter_repo_objects(sorted(path.name for path in report_dir.iterdir() if path.is_file()),
+                                allow_patterns=STUDY_FILES)  # fmt: skip
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=report_dir / name) for name in files]
+    card = str(study_card(report_dir, repo_id)).encode()
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card))
     api = HfApi()
     later = f"medft-push study {report_dir} --repo_id {repo_id}"
 
     def push() -> str:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        commit = api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=report_dir,
-                                   allow_patterns=STUDY_FILES, commit_message=f"Study report ({PROJECT})")  # fmt: skip
+        commit = api.create_commit(
+            repo_id=repo_id,
+            repo_type="dataset",
+            operations=operations,
+            commit_message=f"Study report ({PROJECT})",
+        )
         return commit.commit_url
 
     return _retrying(push, f"pushing {report_dir} to {repo_id}", report_dir, later, delay_s=delay_s)

@@ -228,7 +228,9 @@ def test_a_study_is_pushed_as_a_dataset_repo(hub_server, tmp_path):
         write_result(tmp_path / "runs", "d", "lpft", seed, 1e-3, 0.5, 0.7)
     report = tmp_path / "report"
     write_report(tmp_path / "runs", report)
+    written = sorted(report.iterdir())
     push_study(report, "tester/study", delay_s=0)
+    assert sorted(report.iterdir()) == written  # the card is made for the repo, not written into the report
     assert {"README.md", "runs.parquet", "delta_vs_ft.png"} <= set(hub_server.list_files("tester/study", "dataset"))
     assert hub_server.read_file("tester/study", "runs.parquet", "dataset") == (report / "runs.parquet").read_bytes()
     card = DatasetCard.load("tester/study", repo_type="dataset")
