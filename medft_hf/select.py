@@ -13,6 +13,7 @@ Any other flag is a train.py flag: passed, it is fixed for every run; a searched
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -264,13 +265,21 @@ def _link(link: Path, target: Path) -> None:
 
 
 def _parser() -> HfArgumentParser:
-    return HfArgumentParser(
+    parser = HfArgumentParser(
         [SelectArguments, ModelArguments, DataArguments, *strategy_config_classes(), MedftTrainingArguments],
         prog="medft-select",
         description=__doc__,
         formatter_class=HelpFormatter,
         allow_abbrev=False,  # an abbreviated flag would be parsed but not recognised as given, so not fixed
     )
+    # train.py's flags as a search takes them: those it sets for each run stay parsed (to be refused by name) but
+    # leave the help, and --output_dir is the search's own folder.
+    for action in parser._actions:
+        if action.dest in SEARCH_OWNS:
+            action.help = argparse.SUPPRESS
+    output_dir = parser._option_string_actions["--output_dir"]
+    output_dir.help = "Required: the search's folder (its trials, database, ranking, final runs and model/ link)."
+    return parser
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[SelectArguments, dict[str, Any]]:

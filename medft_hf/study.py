@@ -54,6 +54,12 @@ UNWRITTEN_LOCK_S = 60  # a lock file still empty this long after its creation wa
 logger = logging.getLogger(__name__)
 
 
+def shipped_grids() -> list[str]:
+    """The grids in `hub_configs/benchmarks/`, by the name `medft-benchmark` takes."""
+    folder = resources.files("medft_hf.hub_configs") / "benchmarks"
+    return sorted(path.name.removesuffix(".yaml") for path in folder.iterdir() if path.name.endswith(".yaml"))
+
+
 def catalog(kind: str) -> dict[str, dict[str, Any]]:
     """All entries of `hub_configs/<kind>/` (backbones, datasets), by name."""
     folder = resources.files("medft_hf.hub_configs") / kind
@@ -163,7 +169,9 @@ class Grid:
         if not path.is_file():
             named = resources.files("medft_hf.hub_configs") / "benchmarks" / f"{path.name.removesuffix('.yaml')}.yaml"
             if not named.is_file():
-                raise MedftError(f"grid {path}: no such file (nor a benchmark of that name in hub_configs/benchmarks).")
+                raise MedftError(
+                    f"grid {path}: no such file, nor a shipped grid of that name ({', '.join(shipped_grids())})."
+                )
             path = named
         spec = yaml.load(path.read_text(), Loader=_GridLoader) or {}
         spec.setdefault("strategies", list(STRATEGIES))
@@ -640,7 +648,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Run a study grid, one train.py run per cell. Rerunning skips finished cells and resumes "
         "interrupted ones from their last checkpoint.",
     )
-    parser.add_argument("grid", help="a grid YAML file, or the name of one in hub_configs/benchmarks (cpu, paper)")
+    parser.add_argument("grid", help=f"a grid YAML file, or a shipped grid's name ({', '.join(shipped_grids())})")
     parser.add_argument("--output_dir", help="where the cells go (default: runs/<grid name>)")
     parser.add_argument("--filter", help="run a subset, e.g. strategy=lpft|ft,dataset=breastmnist-local,seed=0")
     parser.add_argument(

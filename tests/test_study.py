@@ -61,6 +61,8 @@ def test_a_grid_with_bad_names_fails_naming_every_one(tmp_path):
         Grid.from_yaml(path)
     for name in ("'lqft'", "'resnet5O'", "'nowhere'"):
         assert name in str(error.value)
+    with pytest.raises(MedftError, match=r"grid cpu-v3: no such file, nor a shipped grid .*cpu-v2, .*paper"):
+        Grid.from_yaml("cpu-v3")
 
 
 def test_a_grid_whose_strategies_would_train_identically_is_refused(tiny_model, tmp_path):
