@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import transformers
 
 from .cache import split_rows
@@ -91,6 +92,8 @@ def _tested(
 ) -> RunResult:
     """`run` with the test split's metrics and per-image outputs, scored as train.py scores them."""
     model = load_model(str(trained), splits.class_names)
+    if run.channels_last:  # as the run predicted: convolutions round differently in the other memory format
+        model.to(memory_format=torch.channels_last)
     preprocessing = Preprocessing.for_model(model.timm_model, run.image_size, run.augmentation)
     test_set = split_rows(
         splits, "test", preprocessing, cached=data_args.cache_images, num_proc=training_args.dataloader_num_workers

@@ -68,6 +68,7 @@ class RunResult:
     validation_source: str = "validation"
     num_examples: dict[str, int] = field(default_factory=dict)
     mixed_precision: str = "no"
+    channels_last: bool = False  # the model's memory format in training and evaluation (--channels_last)
     positive_class: str | None = None
     best_checkpoint: str | None = None
     strategy_state: dict[str, Any] = field(default_factory=dict)

@@ -298,6 +298,11 @@ def main() -> None:
         help="only each strategy's run with its head-only epochs on stored features against its run on images "
         "(strategies that start with the head alone: lp, lpft, gu_lf, gu_fl)",
     )
+    parser.add_argument(
+        "--channels_last_only",
+        action="store_true",
+        help="only each strategy's run with the model in channels-last memory format against the same run contiguous",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw timings here")
     args = parser.parse_args()
     transformers.utils.logging.set_verbosity_error()
@@ -321,7 +326,13 @@ def main() -> None:
             report_interleaved(bench, strategies, args)
             return
         if args.stored_features_only:
-            report_stored_features(bench, strategies, args)
+            # the image runs augment (light), the stored features cannot (lp: none at all)
+            labels = ("on images", "--cache_features")
+            report_paired(bench, strategies, args, labels, ({"pipeline": "decoded"}, {"pipeline": "features"}))
+            return
+        if args.channels_last_only:
+            labels = ("contiguous", "channels-last")
+            report_paired(bench, strategies, args, labels, ({}, {"channels_last": True}))
             return
         images = bench.train_images * args.epochs
         raw: dict[str, list[float]] = {}
@@ -423,25 +434,27 @@ def report_interleaved(bench: Bench, strategies: list[str], args: argparse.Names
         args.json.write_text(json.dumps({"step_seconds": seconds, **vars(args)}, default=str))
 
 
-def report_stored_features(bench: Bench, strategies: list[str], args: argparse.Namespace) -> None:
-    """Whole `train()` time with `--cache_features` (the feature pass included) over the same run on decoded
-    images, per pair; the image runs augment (light), the stored features cannot (lp: none at all)."""
+def report_paired(
+    bench: Bench, strategies: list[str], args: argparse.Namespace, labels: tuple[str, str], options: tuple[dict, dict]
+) -> None:
+    """Whole `train()` time of each strategy's run with the second `options` (`project_seconds` keywords) over the
+    same run with the first, per pair run back to back."""
     bench.project_seconds("ft", 1)  # warm-up
     seconds: dict[str, list[float]] = {}
     for repeat in range(args.repeats):
         for strategy in strategies:
-            for pipeline in ("decoded", "features"):
-                elapsed = bench.project_seconds(strategy, args.epochs, pipeline)[0]
-                seconds.setdefault(f"{strategy} {pipeline}", []).append(elapsed)
-                print(f"  repeat {repeat + 1}: {strategy} {pipeline} {elapsed:.1f} s", flush=True)
+            for label, option in zip(labels, options, strict=True):
+                elapsed = bench.project_seconds(strategy, args.epochs, **option)[0]
+                seconds.setdefault(f"{strategy} {label}", []).append(elapsed)
+                print(f"  repeat {repeat + 1}: {strategy} {label} {elapsed:.1f} s", flush=True)
     print(f"\n{setting(args, bench.train_images)}, {args.repeats} paired repeats")
-    print("\n| strategy | on images (s, median) | --cache_features (s, median) | features / images (per pair) |")
+    print(f"\n| strategy | {labels[0]} (s, median) | {labels[1]} (s, median) | {labels[1]} / {labels[0]} (per pair) |")
     print("|---|---|---|---|")
     for strategy in strategies:
-        images, features = seconds[f"{strategy} decoded"], seconds[f"{strategy} features"]
-        ratios = [a / b for a, b in zip(features, images, strict=True)]
+        before, after = seconds[f"{strategy} {labels[0]}"], seconds[f"{strategy} {labels[1]}"]
+        ratios = [a / b for a, b in zip(after, before, strict=True)]
         print(
-            f"| {strategy} | {statistics.median(images):.1f} | {statistics.median(features):.1f} | "
+            f"| {strategy} | {statistics.median(before):.1f} | {statistics.median(after):.1f} | "
             + ", ".join(f"{r:.2f}" for r in ratios)
             + f" (median {statistics.median(ratios):.2f}) |"
         )

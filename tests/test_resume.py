@@ -118,6 +118,7 @@ def _listing(folder: Path) -> dict[str, float]:
         (["--seed", "1"], r"optimisation: checkpoint .*'seed': 0,.*'seed': 1,"),
         (["--weight_decay", "0.5"], r"optimisation: checkpoint .*'weight_decay': 0.0001.*'weight_decay': 0.5"),
         (["--lr_scheduler_kwargs", '{"power": 2}'], r"optimisation: .*'lr_scheduler_kwargs': None.*\{'power': 2\}"),
+        (["--channels_last", "true"], r"optimisation: checkpoint .*'channels_last': False.*'channels_last': True"),
     ],
 )
 def test_resuming_a_different_run_is_refused(change, message, run_with_checkpoints, tiny_model, tiny_dataset, tmp_path):

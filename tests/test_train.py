@@ -210,6 +210,15 @@ def test_small_images_are_resized_up_to_the_architecture_minimum(tiny_model, tin
     assert results.image_size == 32
 
 
+def test_channels_last_trains_the_same_run_up_to_float_rounding(tiny_model, tiny_dataset, tmp_path):
+    contiguous = train(tiny_model, tiny_dataset, tmp_path / "contiguous", "--strategy", "ft")
+    channels_last = train(tiny_model, tiny_dataset, tmp_path / "channels_last", "--strategy", "ft", "--channels_last")
+    assert (contiguous.channels_last, channels_last.channels_last) == (False, True)
+    losses = [[epoch["train_loss"] for epoch in result.history] for result in (contiguous, channels_last)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert losses[1] != losses[0], "the convolutions ran in another memory format"
+
+
 def test_augmentation_is_recorded_and_none_trains_on_the_evaluation_transform(tiny_model, tiny_dataset, tmp_path):
     results = train(tiny_model, tiny_dataset, tmp_path, "--augmentation", "none", "--num_train_epochs", "1")
     assert results.augmentation == "none"
@@ -380,6 +389,7 @@ def test_real_backbone_on_real_data_beats_the_majority_baseline(tmp_path):
             "positive_class": "malignant",
         },
         {"strategy": "ft", "splits": {"train": 48, "validation": 12}},  # no test split: nothing to test
+        {"strategy": "ft", "channels_last": True},  # predicted in the run's memory format again
     ],
 )
 def test_a_run_tested_after_the_fact_scores_what_it_would_have_scored_at_its_end(data, tiny_model, tiny_dataset,
@@ -395,6 +405,7 @@ def test_a_run_tested_after_the_fact_scores_what_it_would_have_scored_at_its_end
     reference = run(*parse_dict({**flags, "output_dir": str(tmp_path / "run")}))
     untested = run(*parse_dict({**flags, "output_dir": str(tmp_path / "trial"), "skip_test": True}))
     assert untested.test is None and untested.validation == reference.validation
+    assert reference.channels_last == data.get("channels_last", False)
 
     assert can_test_later(tmp_path / "trial", parse_dict(flags)[-1])
     tested = evaluate_finished_run(tmp_path / "trial", flags, tmp_path / "tested")
