@@ -118,8 +118,10 @@ def _tested(
 
 
 def _why_not_testable(folder: Path, run: RunResult, training_args: MedftTrainingArguments) -> str | None:
-    if run.test is not None or run.trained_in is not None:
+    if run.test is not None:
         return "this run has been tested already; its results.json holds the test metrics"
+    if run.trained_in is not None:
+        return f"this run is already the final copy of {run.trained_in}"
     missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
     if missing:
         return f"no saved model ({', '.join(missing)} missing: the run had --save_model false), so it cannot be tested"

@@ -123,6 +123,7 @@ def model_card(result: RunResult, repo_id: str, license: str | None = None) -> M
     license = license or result.base_model_license or "other"
     finite = [m for m in METRICS if isinstance(metrics.get(m), float) and math.isfinite(metrics[m])]
     missing = [METRICS[m] for m in METRICS if m not in finite]
+    precision = result.mixed_precision + (", channels-last" if result.channels_last else "")
     data = ModelCardData(
         base_model=base_model,
         datasets=[result.dataset] if is_hub_id(result.dataset) else None,
@@ -187,7 +188,7 @@ Figures: `training_curves.png`, `confusion_matrix.png`; everything above: `resul
 - Strategy settings: `{json.dumps({k: v for k, v in result.strategy_config.items() if v is not None})}`.
 - Training augmentation: `{result.augmentation}` (see the medft-hf README).
 - Image size {result.image_size} px, {result.num_train_epochs:g} epochs, learning rate
-  {result.learning_rate:g}, seed {result.seed}, mixed precision: {result.mixed_precision}.
+  {result.learning_rate:g}, seed {result.seed}, mixed precision: {precision}.
 - Hardware: {result.environment["device"]}; training time {result.train_runtime_s:.0f} s.
 {_selection(result.selection)}
 ## How to use

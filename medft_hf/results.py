@@ -68,7 +68,9 @@ class RunResult:
     validation_source: str = "validation"
     num_examples: dict[str, int] = field(default_factory=dict)
     mixed_precision: str = "no"
-    channels_last: bool = False  # the model's memory format in training and evaluation (--channels_last)
+    # the model's memory format in training and evaluation (--channels_last); --cache_features' feature pass feeds
+    # channels-last images whatever it says
+    channels_last: bool = False
     positive_class: str | None = None
     best_checkpoint: str | None = None
     strategy_state: dict[str, Any] = field(default_factory=dict)

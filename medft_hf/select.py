@@ -273,9 +273,10 @@ def _parser() -> HfArgumentParser:
         allow_abbrev=False,  # an abbreviated flag would be parsed but not recognised as given, so not fixed
     )
     # train.py's flags as a search takes them: those it sets for each run stay parsed (to be refused by name) but
-    # leave the help, and --output_dir is the search's own folder.
+    # leave the help, and --output_dir is the search's own folder. argparse has no public way to change an added
+    # option's help, hence its `_actions`.
     for action in parser._actions:
-        if action.dest in SEARCH_OWNS:
+        if action.dest in SEARCH_OWNS and action.dest != "output_dir":
             action.help = argparse.SUPPRESS
     output_dir = parser._option_string_actions["--output_dir"]
     output_dir.help = "Required: the search's folder (its trials, database, ranking, final runs and model/ link)."

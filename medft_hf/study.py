@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,13 @@ UNWRITTEN_LOCK_S = 60  # a lock file still empty this long after its creation wa
 logger = logging.getLogger(__name__)
 
 
+def shipped_grids_folder() -> Traversable:
+    return resources.files("medft_hf.hub_configs") / "benchmarks"
+
+
 def shipped_grids() -> list[str]:
     """The grids in `hub_configs/benchmarks/`, by the name `medft-benchmark` takes."""
-    folder = resources.files("medft_hf.hub_configs") / "benchmarks"
-    return sorted(path.name.removesuffix(".yaml") for path in folder.iterdir() if path.name.endswith(".yaml"))
+    return sorted(p.name.removesuffix(".yaml") for p in shipped_grids_folder().iterdir() if p.name.endswith(".yaml"))
 
 
 def catalog(kind: str) -> dict[str, dict[str, Any]]:
@@ -167,7 +171,7 @@ class Grid:
     def from_yaml(cls, path: str | Path) -> Grid:
         path = Path(path)
         if not path.is_file():
-            named = resources.files("medft_hf.hub_configs") / "benchmarks" / f"{path.name.removesuffix('.yaml')}.yaml"
+            named = shipped_grids_folder() / f"{path.name.removesuffix('.yaml')}.yaml"
             if not named.is_file():
                 raise MedftError(
                     f"grid {path}: no such file, nor a shipped grid of that name ({', '.join(shipped_grids())})."

@@ -223,9 +223,8 @@ class MedftTrainingArguments(TrainingArguments):
         default=False,
         metadata={
             "help": "Train and evaluate with the model in channels-last memory format (timm's --channels-last): "
-            "faster convolutions on some hardware (FT at 64 px on a 2-core CPU: 0.82x the time for DenseNet-121, "
-            "0.89x for EfficientNet-Lite0; on an H200 no gain), the same results up to float rounding. "
-            "docs/performance.md."
+            "faster convolutions on some hardware (measured in docs/performance.md), the same results up to float "
+            "rounding."
         },
     )
     save_model: bool = field(

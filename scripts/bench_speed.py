@@ -281,24 +281,25 @@ def main() -> None:
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated")
     parser.add_argument("--lp_epochs", type=int, default=10, help="epochs of the cached-feature LP comparison")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast in both the Trainer and the bare loop")
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()  # one measurement instead of the full comparison
+    only.add_argument(
         "--throughput_only",
         action="store_true",
         help="only FT training and evaluation images/s through the Trainer: a grid file's `throughput` entry",
     )
-    parser.add_argument(
+    only.add_argument(
         "--interleaved_rounds",
         type=int,
         default=0,
         help="only each strategy's step time against FT's, measured in this many interleaved rounds",
     )
-    parser.add_argument(
+    only.add_argument(
         "--stored_features_only",
         action="store_true",
         help="only each strategy's run with its head-only epochs on stored features against its run on images "
         "(strategies that start with the head alone: lp, lpft, gu_lf, gu_fl)",
     )
-    parser.add_argument(
+    only.add_argument(
         "--channels_last_only",
         action="store_true",
         help="only each strategy's run with the model in channels-last memory format against the same run contiguous",
