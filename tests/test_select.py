@@ -329,6 +329,31 @@ def test_two_workers_share_one_database_and_run_no_trial_twice(tiny_model, tiny_
     assert (output_dir / "model" / "results.json").is_file()
 
 
+def test_a_worker_that_loses_the_race_to_create_the_database_opens_it_next_time(tmp_path, monkeypatch):
+    """Two workers starting together on a new database both create its tables; the loser's error (seen in the test
+    above: UNIQUE constraint failed: alembic_version.version_num) is passed over, and a database that never opens
+    ends in one clear message."""
+    import sqlalchemy.exc
+
+    from medft_hf.selection import storage as storage_lib
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:  # the other worker created the tables first
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint"))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(storage_lib.time, "sleep", lambda seconds: None)
+    assert isinstance(storage_lib.open_storage(f"sqlite:///{tmp_path / 'search.db'}"), real)
+    assert len(calls) == 2
+    monkeypatch.setattr(optuna.storages, "RDBStorage", real)
+    with pytest.raises(MedftError, match=r"--storage sqlite:////nowhere/at/all\.db: the database could not be opened"):
+        storage_lib.open_storage("sqlite:////nowhere/at/all.db")
+
+
 def test_too_small_budget_is_refused_with_the_minimum(tiny_model, tiny_dataset, tmp_path, capsys):
     output_dir = tmp_path / "search"
     flags = train_flags(tiny_model, tiny_dataset, output_dir)

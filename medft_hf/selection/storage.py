@@ -13,6 +13,7 @@ import warnings
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import MedftError
@@ -23,6 +24,7 @@ STUDY_NAME = "medft-select"
 HEARTBEAT_S = 30  # a live trial touches the database this often ...
 GRACE_S = 120  # ... and one silent for this long belongs to a dead worker
 POLL_S = 5.0
+SCHEMA_ATTEMPTS = 4  # opening a new database while another worker creates its tables (1, 2, 3 s apart)
 # Trial user attributes
 RETRY_OF = "retry_of"  # the first number of a trial queued again
 ERROR = "error"  # the trial raised: not retried
@@ -34,6 +36,20 @@ ENDED_AT = "ended_at_budget"
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
+    attempt = 1
+    while True:
+        try:
+            return _rdb_storage(url)
+        except sqlalchemy.exc.DBAPIError as error:
+            # Workers starting together on a new database race to create its tables (optuna/optuna#1092): the
+            # loser's error passes, the tables are there when it opens the database again.
+            if attempt == SCHEMA_ATTEMPTS:
+                raise MedftError(f"--storage {url}: the database could not be opened ({error}).") from error
+        time.sleep(attempt)
+        attempt += 1
+
+
+def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
     # Every worker waits for SQLite's lock instead of failing at once when another writes.
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     with warnings.catch_warnings():
