@@ -55,18 +55,19 @@ UNWRITTEN_LOCK_S = 60  # a lock file still empty this long after its creation wa
 logger = logging.getLogger(__name__)
 
 
-def shipped_grids_folder() -> Traversable:
-    return resources.files("medft_hf.hub_configs") / "benchmarks"
+def hub_configs(kind: str) -> Traversable:
+    """The package's `hub_configs/<kind>/` folder: backbones, datasets or benchmarks (the shipped grids)."""
+    return resources.files("medft_hf.hub_configs") / kind
 
 
 def shipped_grids() -> list[str]:
     """The grids in `hub_configs/benchmarks/`, by the name `medft-benchmark` takes."""
-    return sorted(p.name.removesuffix(".yaml") for p in shipped_grids_folder().iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name.removesuffix(".yaml") for p in hub_configs("benchmarks").iterdir() if p.name.endswith(".yaml"))
 
 
 def catalog(kind: str) -> dict[str, dict[str, Any]]:
     """All entries of `hub_configs/<kind>/` (backbones, datasets), by name."""
-    folder = resources.files("medft_hf.hub_configs") / kind
+    folder = hub_configs(kind)
     entries = [yaml.safe_load(path.read_text()) for path in folder.iterdir() if path.name.endswith(".yaml")]
     return {entry["name"]: entry for entry in entries}
 
@@ -171,7 +172,7 @@ class Grid:
     def from_yaml(cls, path: str | Path) -> Grid:
         path = Path(path)
         if not path.is_file():
-            named = shipped_grids_folder() / f"{path.name.removesuffix('.yaml')}.yaml"
+            named = hub_configs("benchmarks") / f"{path.name.removesuffix('.yaml')}.yaml"
             if not named.is_file():
                 raise MedftError(
                     f"grid {path}: no such file, nor a shipped grid of that name ({', '.join(shipped_grids())})."
