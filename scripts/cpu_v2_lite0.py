@@ -38,6 +38,16 @@ def grid_summary(runs: pd.DataFrame) -> pd.DataFrame:
     return summary(select_on_validation(runs, METRIC), METRIC).set_index(["dataset", "strategy"])
 
 
+def validation_choices(runs: pd.DataFrame) -> pd.Series:
+    """Per dataset, the strategy the grid itself would pick on validation: the highest mean validation score over
+    its seeds, each strategy at its setting chosen on validation (three times the seeds a search trains at the end,
+    and every setting the grid swept). Ties go to the name that sorts first."""
+    chosen = select_on_validation(runs[runs["backbone"] == BACKBONE], METRIC)
+    means = chosen.groupby(["dataset", "strategy"])[f"validation_{METRIC}"].mean().reset_index()
+    ranked = means.sort_values(["dataset", f"validation_{METRIC}", "strategy"], ascending=[True, False, True])
+    return ranked.groupby("dataset")["strategy"].first()
+
+
 def grid_runs() -> pd.DataFrame:
     return collect(GRID_RUNS)[0]
 

@@ -20,7 +20,16 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-from cpu_v2_lite0 import BACKBONE, GRID_RUNS, ROOT, finished_cells, grid_runs, grid_summary, mean_std
+from cpu_v2_lite0 import (
+    BACKBONE,
+    GRID_RUNS,
+    ROOT,
+    finished_cells,
+    grid_runs,
+    grid_summary,
+    mean_std,
+    validation_choices,
+)
 
 from medft_hf.results import RESULTS_FILE, RunResult
 from medft_hf.select import main as select_main
@@ -59,12 +68,14 @@ def run(dataset: str, output_dir: Path) -> None:
 
 
 def table() -> str:
-    grid = grid_summary(grid_runs())
+    runs = grid_runs()
+    grid, grid_choices = grid_summary(runs), validation_choices(runs)
     lines = [
         "| dataset | grid: epochs (hours) | medft-select: budget (search, final; hours of search runs) | "
         "grid's best strategy | medft-select picked | its final runs (test) | the grid's row for it | "
-        "within the best's spread: its final runs | within: the grid's row for it |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "within the best's spread: its final runs | within: the grid's row for it | "
+        "the grid's own choice on validation (test) | within: the grid's choice |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for folder in sorted(p for p in DOCS.iterdir() if (p / RANKING_JSON).is_file()):
         dataset = folder.name
@@ -84,11 +95,14 @@ def table() -> str:
         row_within = "–"
         if picked in cases.index:
             row_within = "yes" if cases.loc[picked, "test_balanced_accuracy_mean"] >= floor else "no"
+        grid_choice = grid_choices[dataset]
+        grid_within = "yes" if cases.loc[grid_choice, "test_balanced_accuracy_mean"] >= floor else "no"
         lines.append(
             f"| {dataset} | {sum(r.num_train_epochs for r in finished)} ({grid_hours:.2f}) | "
             f"{ranking.budget['budget']} (search {ranking.budget['search_used']}, final "
             f"{ranking.budget['final_used']}; {search_hours:.2f}) | {best} {mean_std(cases.loc[best])} | "
-            f"{picked} | {spread} | {own} | {within} | {row_within} |"
+            f"{picked} | {spread} | {own} | {within} | {row_within} | "
+            f"{grid_choice} {mean_std(cases.loc[grid_choice])} | {grid_within} |"
         )
     return "\n".join(lines) + "\n"
 
