@@ -14,7 +14,7 @@ import os
 import sys
 from argparse import SUPPRESS, RawDescriptionHelpFormatter
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -447,7 +447,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, strategy_configs, 
         "dataset": dataset_label(data_args),
         "dataset_config": data_args.dataset_config,
         "class_names": splits.class_names,
-        "strategy_config": asdict(strategy.config),
+        "strategy_config": strategy.settings(),
         "learning_rate": training_args.learning_rate,
         "num_train_epochs": training_args.num_train_epochs,
         "image_size": image_size,

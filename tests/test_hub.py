@@ -174,6 +174,7 @@ def test_the_pushed_card_parses_and_its_model_index_equals_results_json(pushed, 
         k: on_disk["test"][k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
     }
     assert {"medical-imaging", "X-ray", "lpft", "medft-hf"} <= set(card.data.tags)
+    assert '"lp_epochs": 1' in card.content.split("Strategy settings:")[1].splitlines()[0]
     for name in hub_server.list_files("tester/tiny-lpft"):
         assert b"hf_test_token" not in hub_server.read_file("tester/tiny-lpft", name), f"the token leaked into {name}"
 

@@ -81,11 +81,17 @@ def test_lpft_freezes_the_backbone_only_during_the_lp_phase(tiny_model, tiny_dat
         assert all(changed(snaps.states[epoch], snaps.states[epoch + 1], backbone).values())
 
 
-def test_lpft_default_lp_share_is_a_quarter_rounded_down(tiny_model, tiny_dataset, tmp_path):
+def test_lpft_default_lp_share_is_an_eighth_rounded_down_and_recorded_as_used(tiny_model, tiny_dataset, tmp_path):
+    """The recorded settings carry the share the run used, not None: results.json, the card and a resume stay
+    exact when the default changes (it was a quarter until docs/results/lpft-share)."""
     trainer, _ = make_trainer("lpft", tiny_model, tiny_dataset, tmp_path)
-    for epochs, expected in [(2, 1), (4, 1), (6, 1), (7, 1), (8, 2), (10, 2), (11, 2), (20, 5)]:
+    for epochs, expected in [(2, 1), (4, 1), (6, 1), (8, 1), (15, 1), (16, 2), (20, 2), (30, 3)]:
         trainer.strategy.num_epochs = epochs
         assert trainer.strategy.lp_epochs() == expected
+        assert trainer.strategy.settings()["lp_epochs"] == expected
+    trainer.strategy.config.lp_share = 0.29  # 100 x 0.29 is 28.999999999999996 in floating point
+    trainer.strategy.num_epochs = 100
+    assert trainer.strategy.lp_epochs() == 29
 
 
 @pytest.mark.parametrize("strategy", ["gu_lf", "gu_fl"])
@@ -357,6 +363,8 @@ def test_lpft_fine_tuning_phase_starts_from_fresh_optimizer_state_with_its_own_s
         (1, {}, "lpft needs at least 2 epochs"),
         (4, {"lp_epochs": 4}, "--lp_epochs 4: must be below --num_train_epochs 4"),
         (4, {"lp_epochs": 0}, "--lp_epochs 0: must be >= 1"),
+        (8, {"lp_share": 1.0}, "--lp_share 1.0: must be below 1"),
+        (8, {"lp_share": 0.0}, "--lp_share 0.0: must be > 0"),
         (4, {"ft_learning_rate": 0.0}, "--ft_learning_rate 0.0: must be > 0"),
         (4, {"ft_warmup_ratio": 1.0}, "--ft_warmup_ratio 1.0: must be below 1"),
     ],

@@ -55,6 +55,7 @@ def test_results_json_has_the_promised_fields(finished_run):
     output_dir, _ = finished_run
     on_disk = json.loads((output_dir / "results.json").read_text())
     assert on_disk["strategy"] == "lpft" and on_disk["seed"] == 0
+    assert on_disk["strategy_config"]["lp_epochs"] == 1, "the share the run used, not the default's None"
     for split in ("validation", "test"):
         assert {"accuracy", "balanced_accuracy", "macro_f1", "auroc"} <= set(on_disk[split])
     assert [row["epoch"] for row in on_disk["history"]] == [1, 2]
@@ -334,6 +335,7 @@ def test_help_shows_every_strategy_flag_with_its_default():
         (["--strategy", "auto_rgn", "--rgn_head", "mine"], "argument --rgn_head/--rgn-head: invalid choice: 'mine'"),
         (["--strategy", "lpft", "--lp_epochs", "2", "--num_train_epochs", "2"], "error: --lp_epochs 2: must be below"),
         (["--strategy", "lpft", "--lp_epochs", "0"], "error: --lp_epochs 0: must be >= 1."),
+        (["--strategy", "lpft", "--lp_share", "1"], "error: --lp_share 1.0: must be below 1, or LP-FT is only LP."),
         (["--strategy", "lpft", "--num_train_epochs", "1"], "error: --strategy lpft needs at least 2 epochs"),
         (["--strategy", "lpft", "--ft_learning_rate=-1e-4"], "error: --ft_learning_rate -0.0001: must be > 0."),
         (["--strategy", "lpft", "--num_train_epochs", "2.5"], "error: --strategy lpft starts a new optimisation at"),

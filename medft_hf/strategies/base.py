@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 import torch
@@ -164,6 +164,11 @@ class Strategy:
         pass
 
     # ---- mechanics shared by every strategy ----------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """The config as this run uses it, defaults that follow the epoch count filled in: what results.json, the
+        model card and the resume identity record, so a run stays described when such a default changes."""
+        return asdict(self.config)
+
     def schedule_signature(self) -> tuple[tuple[int, ...], ...] | None:
         """The blocks frozen in each epoch, for a strategy that does nothing else; None otherwise."""
         if not self.only_freezes:
