@@ -130,14 +130,19 @@ class RunResult:
         return [row["epoch"] for row in self.history]
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """A reader (another worker, a rerun after a kill) sees the old file or the new one, never half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(data, handle, indent=2, allow_nan=True)
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     Path(handle.name).replace(path)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=True))
 
 
 def save_model_atomic(model, output_dir: str | Path) -> None:

@@ -39,6 +39,7 @@ from .selection.space import SearchSpace, flags_of
 from .selection.storage import (
     ERROR,
     ended,
+    measured_seconds_per_epoch,
     open_storage,
     open_study,
     queued,
@@ -67,6 +68,12 @@ FEWEST_FAILURES_TO_STOP = 3
 # Set by the search for every run, so not flags a user may pass.
 TRIALS = "trials"  # the search's runs, a folder each, inside --output_dir
 SEARCH_OWNS = ("strategy", "seed", "output_dir", "skip_test", "resume_from_checkpoint", "overwrite_output_dir")
+# train.py flags a search cannot pass to every run, with what to do instead (refused unless at their defaults).
+REFUSED = {
+    "push_to_hub": (False, "every trial and final run would push; push the chosen model once the search is done: "
+                           "medft-push model OUTPUT_DIR/model --repo_id ..."),
+    "max_steps": (-1, "every rung is a complete schedule of whole epochs; give --num_train_epochs instead"),
+}  # fmt: skip
 
 
 @dataclass
@@ -115,6 +122,9 @@ def select(args: SelectArguments, flags: dict[str, Any]) -> Selection:
     owned = sorted(set(flags) & set(SEARCH_OWNS) - {"output_dir"})
     if owned:
         raise MedftError(f"{', '.join('--' + name for name in owned)}: set by the search for each run; drop them.")
+    for name, (default, instead) in REFUSED.items():
+        if flags.get(name, default) != default:
+            raise MedftError(f"--{name} {flags[name]}: not in a search: {instead}.")
     if not flags.get("output_dir"):
         raise MedftError("--output_dir: required (the search's runs, database and ranking go there).")
     if args.seeds < 1 or args.reduction_factor < 2:
@@ -125,20 +135,32 @@ def select(args: SelectArguments, flags: dict[str, Any]) -> Selection:
     base = {**{key: value for key, value in flags.items() if key != "output_dir"}, "disable_tqdm": True}
     model_args, _, _, training_args = parse_dict(base)  # every flag checked now, before anything is written
     final_epochs = math.ceil(training_args.num_train_epochs)
+    if final_epochs != training_args.num_train_epochs:
+        raise MedftError(
+            f"--num_train_epochs {training_args.num_train_epochs:g}: a search's rungs and final runs are whole epochs;"
+            " give a whole number."
+        )
     space = SearchSpace.build(
         args.strategies, base, architecture_layout(model_args.model), final_epochs, args.reduction_factor
     )
     budget = Budget.parse(args.budget)
-    split = plan(budget, space.rungs[0], len(space.strategies), final_epochs, args.seeds, _probe(budget, space, base))
+    url = args.storage or f"sqlite:///{(output_dir / 'search.db').resolve()}"
+    rate = _seconds_per_epoch(budget, space, base, url)
+    split = plan(budget, space.rungs[0], len(space.strategies), final_epochs, args.seeds, rate)
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(args.storage or f"sqlite:///{(output_dir / 'search.db').resolve()}")
+    storage = open_storage(url)
     # --search_seed is not a setting of the search: it seeds only the worker that creates it (see open_study).
     settings = {"flags": base, "strategies": space.strategies, "rungs": space.rungs, "eta": args.reduction_factor}
     study = open_study(storage, settings, space, args.reduction_factor, args.search_seed)
     requeue_interrupted(study)
-    _search(study, space, split, base, output_dir)
-    wait_for_other_workers(study)
+    # A dead worker's trial is queued again once its heartbeat is found stale, possibly while this worker waits for
+    # the others at the end: the search goes on until no trial runs and none waits.
+    while True:
+        _search(study, space, split, base, output_dir)
+        wait_for_other_workers(study)
+        if not queued(study):
+            break
 
     trials = ranking_lib.records(study, space, output_dir / TRIALS)
     choice = ranking_lib.choose(trials, final_epochs, args.tie_break)
@@ -166,10 +188,15 @@ def select(args: SelectArguments, flags: dict[str, Any]) -> Selection:
     return Selection(result, model_dir, [r for _, r in final])
 
 
-def _probe(budget: Budget, space: SearchSpace, base: dict[str, Any]) -> float:
-    """Seconds per epoch, measured on one short run outside the output folder (a time budget only)."""
+def _seconds_per_epoch(budget: Budget, space: SearchSpace, base: dict[str, Any], url: str) -> float:
+    """For a time budget: the seconds per epoch the search has measured so far, or, for a new search, timed on one
+    short run outside the output folder (timing again on a rerun would spend time uncounted, and on a machine
+    perhaps busier it would change the plan of a search under way)."""
     if budget.unit == "epochs":
         return float("nan")
+    measured = measured_seconds_per_epoch(url)
+    if measured is not None:
+        return measured
     epochs = space.rungs[0]
     configuration = flags_of(space.starting_points()[0])
     with tempfile.TemporaryDirectory(prefix="medft-select-probe-") as folder:
@@ -228,8 +255,9 @@ def _search(study: optuna.Study, space: SearchSpace, split: Plan, base: dict[str
     if every_strategy_failed():
         errors = "; ".join(f"{strategy}: {error}" for strategy, error in failures.items())
         raise MedftError(
-            f"every strategy failed in the last {failed_in_a_row} trials ({errors}). Fix the cause and run the "
-            "same command again: finished trials are kept."
+            f"every strategy failed in the last {failed_in_a_row} trials ({errors}). If the cause is the machine's "
+            "(memory, disk), fix it and run the same command again: finished trials are kept. If it is a flag's "
+            "(the data, the batch size), a search with other flags needs another --output_dir (or --storage)."
         )
 
 
@@ -276,7 +304,7 @@ def _parser() -> HfArgumentParser:
     # leave the help, and --output_dir is the search's own folder. argparse has no public way to change an added
     # option's help, hence its `_actions`.
     for action in parser._actions:
-        if action.dest in SEARCH_OWNS and action.dest != "output_dir":
+        if (action.dest in SEARCH_OWNS or action.dest in REFUSED) and action.dest != "output_dir":
             action.help = argparse.SUPPRESS
     output_dir = parser._option_string_actions["--output_dir"]
     output_dir.help = "Required: the search's folder (its trials, database, ranking, final runs and model/ link)."

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,10 +23,11 @@ from medft_hf.hub import model_card
 from medft_hf.metrics import balanced_accuracy_standard_error
 from medft_hf.modeling import BlockLayout
 from medft_hf.results import RunResult
+from medft_hf.selection import storage as storage_lib
 from medft_hf.selection.budget import Budget
 from medft_hf.selection.ranking import Ranking, TrialRecord, choose
 from medft_hf.selection.space import SearchSpace, rung_epochs
-from medft_hf.selection.storage import ENDED_AT, STUDY_NAME, ended, requeue
+from medft_hf.selection.storage import ENDED_AT, RETRY_OF, STUDY_NAME, ended, requeue
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -273,6 +276,12 @@ def test_a_search_where_every_strategy_fails_ends_with_their_errors(tiny_model, 
     assert not (tmp_path / "search" / "ranking.json").exists()
 
 
+def test_the_error_when_every_strategy_fails_names_the_way_out(tiny_model, tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_lib, "run", lambda *_: (_ for _ in ()).throw(MemoryError("out of memory")))
+    with pytest.raises(MedftError, match=r"a search with other flags needs another --output_dir \(or --storage\)"):
+        search(tiny_model, tiny_dataset, tmp_path / "search", budget="8ep")
+
+
 def test_a_search_ended_by_its_budget_trains_nothing_more_run_again(tiny_model, tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: False)  # every trial goes on to the next rung
     output_dir = tmp_path / "search"
@@ -292,6 +301,63 @@ def test_a_search_ended_by_its_budget_trains_nothing_more_run_again(tiny_model, 
     assert run_folders(output_dir) == finished and study_of(output_dir).trials[-1].state.name == "COMPLETE"
     search(tiny_model, tiny_dataset, output_dir, budget="8ep")  # a larger budget goes on
     assert len(study_of(output_dir).trials) == 4
+
+
+def test_a_dead_workers_trial_queued_at_the_end_still_runs(tiny_model, tiny_dataset, tmp_path, monkeypatch):
+    """A worker killed mid-trial is found by its stale heartbeat only when another worker waits for it at the end:
+    the trial queued again then must run before the choice, not be left waiting."""
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: False)
+    monkeypatch.setattr(storage_lib, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(storage_lib, "GRACE_S", 1)
+    monkeypatch.setattr(storage_lib, "POLL_S", 0.1)
+    output_dir = tmp_path / "search"
+    search(tiny_model, tiny_dataset, output_dir, budget="7ep")  # ended by its budget: no new trial would start
+    finished = run_folders(output_dir)
+    storage = storage_lib.open_storage(f"sqlite:///{output_dir / 'search.db'}")
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    study.enqueue_trial(study.trials[0].params, user_attrs={RETRY_OF: 0})
+    dead = study.ask()  # a worker took it, beat once, and died before drawing its parameters
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(1.5)
+    search(tiny_model, tiny_dataset, output_dir, budget="7ep")
+    trials = study_of(output_dir).trials
+    assert trials[dead.number].state.name == "FAIL"
+    assert trials[-1].user_attrs[RETRY_OF] == 0 and trials[-1].state.name == "COMPLETE"
+    assert trials[-1].params == trials[0].params, "queued again with the parameters it was queued with"
+    assert not [t for t in trials if t.state.name in ("WAITING", "RUNNING")]
+    assert run_folders(output_dir) == finished, "it continued in trial 0's folder, whose runs had finished"
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        (("push_to_hub", True), "--push_to_hub True: not in a search: every trial and final run would push"),
+        (("max_steps", 5), "--max_steps 5: not in a search: every rung is a complete schedule of whole epochs"),
+        (("num_train_epochs", 2.5), "--num_train_epochs 2.5: a search's rungs and final runs are whole epochs"),
+    ],
+)
+def test_flags_a_search_cannot_pass_to_every_run_are_refused(flag, message, tiny_model, tiny_dataset, tmp_path):
+    args = select_lib.SelectArguments(budget="8ep", strategies=["ft", "lp"], seeds=1, reduction_factor=2)
+    flags = {**train_flags(tiny_model, tiny_dataset, tmp_path / "search"), flag[0]: flag[1]}
+    with pytest.raises(MedftError, match=re.escape(message)):
+        select_lib.select(args, flags)
+    assert not (tmp_path / "search").exists()
+
+
+def test_a_time_budget_is_timed_once_then_the_search_measures_it(tmp_path, monkeypatch):
+    """A rerun reads the seconds per epoch its trials measured: timing again would spend time the budget does not
+    count, and on a busier machine change the plan of a search under way."""
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+    assert storage_lib.measured_seconds_per_epoch(url) is None and not (tmp_path / "search.db").exists()
+    study = optuna.create_study(study_name=STUDY_NAME, storage=url)
+    assert storage_lib.measured_seconds_per_epoch(url) is None, "a search that has measured nothing"
+    trial = study.ask()
+    trial.set_user_attr(storage_lib.EPOCHS, 4)
+    trial.set_user_attr(storage_lib.SECONDS, 10.0)
+    study.tell(trial, 0.5)
+    monkeypatch.setattr(select_lib, "run_once", lambda *_: pytest.fail("timed again"))
+    space = SimpleNamespace(rungs=(1, 2))
+    assert select_lib._seconds_per_epoch(Budget.parse("1h"), space, {}, url) == 2.5
 
 
 @pytest.mark.parametrize(

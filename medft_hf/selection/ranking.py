@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from ..data import DEFAULT_AUGMENTATION
 from ..errors import MedftError
 from ..metrics import balanced_accuracy_standard_error
-from ..results import RESULTS_FILE, RunResult, write_json_atomic
+from ..results import RESULTS_FILE, RunResult, write_json_atomic, write_text_atomic
 from .space import SearchSpace, flags_of
 from .storage import EPOCHS, ERROR, RETRY_OF, SECONDS, first_number
 
@@ -187,7 +187,7 @@ def _headline(metrics: dict[str, Any]) -> dict[str, float]:
 
 def write(ranking: Ranking, output_dir: Path) -> None:
     write_json_atomic(output_dir / RANKING_JSON, asdict(ranking))
-    (output_dir / RANKING_MD).write_text(markdown(ranking))
+    write_text_atomic(output_dir / RANKING_MD, markdown(ranking))
 
 
 def markdown(ranking: Ranking) -> str:

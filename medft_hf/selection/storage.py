@@ -8,8 +8,10 @@ its first number, so it continues in the same run folders; a trial that raised a
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -105,8 +107,12 @@ def first_number(trial: FrozenTrial | optuna.Trial) -> int:
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue `trial`'s parameters again (Optuna's heartbeat calls this for a trial whose worker died)."""
-    study.enqueue_trial(trial.params, user_attrs={RETRY_OF: first_number(trial)})
+    """Queue `trial`'s parameters again (Optuna's heartbeat calls this for a trial whose worker died). A worker that
+    died before it drew them leaves only those the trial was queued with (a starting point's), or none: then nothing
+    was tried, and a new trial under this number would read another configuration's runs back as its own."""
+    params = trial.params or trial.system_attrs.get("fixed_params")
+    if params:
+        study.enqueue_trial(params, user_attrs={RETRY_OF: first_number(trial)})
 
 
 def requeue_interrupted(study: optuna.Study) -> None:
@@ -147,6 +153,19 @@ def seconds_per_epoch(study: optuna.Study, fallback: float) -> float:
     trials = study.get_trials(deepcopy=False)
     epochs = sum(t.user_attrs.get(EPOCHS, 0) for t in trials)
     return sum(t.user_attrs.get(SECONDS, 0.0) for t in trials) / epochs if epochs else fallback
+
+
+def measured_seconds_per_epoch(url: str) -> float | None:
+    """Seconds per epoch that the search in `url` has measured, or None (no such database or search yet, or nothing
+    measured). Creates no SQLite file."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return None
+    try:
+        study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(url))
+    except KeyError:  # the database has no search
+        return None
+    seconds = seconds_per_epoch(study, math.nan)
+    return None if math.isnan(seconds) else seconds
 
 
 def wait_for_other_workers(study: optuna.Study) -> None:
