@@ -109,7 +109,9 @@ class StrategyTrainer(Trainer):
 
     def _schedule_shape(self, warmup_steps: int, num_steps: int):
         """The multiplier-by-step function of --lr_scheduler_type over `num_steps` steps."""
-        probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        # at the run's rate, as transformers builds it: an absolute setting (cosine_with_min_lr's min_lr) is then
+        # read against the rate it is given for, not as a fraction of 1
+        probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=self.args.learning_rate)
         scheduler = get_scheduler(
             self.args.lr_scheduler_type,
             optimizer=probe,

@@ -94,6 +94,20 @@ def test_lpft_default_lp_share_is_an_eighth_rounded_down_and_recorded_as_used(ti
     assert trainer.strategy.lp_epochs() == 29
 
 
+def test_a_restarted_schedule_reads_an_absolute_minimum_rate_as_transformers_does(tiny_model, tiny_dataset, tmp_path):
+    """LP-FT builds each phase's schedule itself: cosine_with_min_lr's min_lr 1e-4 under a rate of 1e-3 must end the
+    phase at a tenth of its peak, as transformers' own schedule does for a one-phase run."""
+    trainer, _ = make_trainer("lpft", tiny_model, tiny_dataset, tmp_path, epochs=3, learning_rate=1e-3,
+                              lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr": 1e-4})  # fmt: skip
+    assert trainer._schedule_shape(0, 10)(10) == pytest.approx(0.1)
+
+
+def test_gradual_unfreezing_records_the_pace_it_used(tiny_model, tiny_dataset, tmp_path):
+    trainer, _ = make_trainer("gu_lf", tiny_model, tiny_dataset, tmp_path, epochs=8)
+    blocks = len(trainer.strategy.layout.blocks)
+    assert trainer.strategy.settings()["unfreeze_every"] == pytest.approx(4 / blocks)
+
+
 @pytest.mark.parametrize("strategy", ["gu_lf", "gu_fl"])
 def test_gradual_unfreezing_unfreezes_exactly_the_scheduled_blocks(strategy, tiny_model, tiny_dataset, tmp_path):
     trainer, snaps = make_trainer(strategy, tiny_model, tiny_dataset, tmp_path, epochs=4, unfreeze_every=0.5)

@@ -7,7 +7,7 @@ epochs. Last-to-first adapts the task-specific deep layers before the generic ea
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from math import floor
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .base import Strategy, StrategyConfig, register_strategy
 
@@ -41,6 +41,9 @@ class GradualUnfreezing(Strategy):
         if self.config.unfreeze_every is not None:
             return self.config.unfreeze_every
         return max(self.num_epochs / 2, 1) / len(self.layout.blocks)
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "unfreeze_every": self.unfreeze_every()}
 
     def num_unfrozen(self, epoch: int) -> int:
         return min(len(self.layout.blocks), floor(epoch / self.unfreeze_every() + 1e-9))
