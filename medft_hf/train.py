@@ -14,7 +14,7 @@ import os
 import sys
 from argparse import SUPPRESS, RawDescriptionHelpFormatter
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -598,11 +598,28 @@ def positive_label_of(positive_class: str | None, class_names: list[str]) -> int
     return class_names.index(positive_class)
 
 
+def check_strategy_flags(strategy: str, configs: list) -> None:
+    """Refuse a flag of another strategy (`--strategy ft --lp_epochs 3`): the run would ignore it without a word.
+    Only for a command line or recipe file: a grid's or a search's flags are shared by every strategy they run."""
+    settings = {name: {f.name for f in fields(cls.config_class)} for name, cls in STRATEGIES.items()}
+    foreign = {}
+    for config in configs:
+        defaults = type(config)()
+        for name in (f.name for f in fields(config) if f.name not in settings[strategy]):
+            if getattr(config, name) != getattr(defaults, name):
+                foreign[name] = [owner for owner, names in settings.items() if name in names]
+    if foreign:
+        flags = ", ".join(f"--{name} ({' and '.join(owners)})" for name, owners in sorted(foreign.items()))
+        raise MedftError(f"{flags}: not settings of --strategy {strategy}, which would ignore them. Drop them or "
+                         "choose their strategy.")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     transformers.utils.logging.set_verbosity_warning()
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     with exit_on_error():
         model_args, data_args, strategy_configs, training_args = parse_args(argv)
+        check_strategy_flags(model_args.strategy, strategy_configs)
         if training_args.output_dir in (None, "trainer_output"):
             training_args.output_dir = f"outputs/{model_args.strategy}"
         result = run(model_args, data_args, strategy_configs, training_args)

@@ -336,6 +336,10 @@ def test_help_shows_every_strategy_flag_with_its_default():
         (["--strategy", "lpft", "--lp_epochs", "2", "--num_train_epochs", "2"], "error: --lp_epochs 2: must be below"),
         (["--strategy", "lpft", "--lp_epochs", "0"], "error: --lp_epochs 0: must be >= 1."),
         (["--strategy", "lpft", "--lp_share", "1"], "error: --lp_share 1.0: must be below 1, or LP-FT is only LP."),
+        (
+            ["--strategy", "ft", "--lp_epochs", "3", "--sp_alpha", "0.1"],
+            "error: --lp_epochs (lpft), --sp_alpha (l1sp and l2sp): not settings of --strategy ft, which would ignore",
+        ),
         (["--strategy", "lpft", "--num_train_epochs", "1"], "error: --strategy lpft needs at least 2 epochs"),
         (["--strategy", "lpft", "--ft_learning_rate=-1e-4"], "error: --ft_learning_rate -0.0001: must be > 0."),
         (["--strategy", "lpft", "--num_train_epochs", "2.5"], "error: --strategy lpft starts a new optimisation at"),
