@@ -165,9 +165,17 @@ def select(args: SelectArguments, flags: dict[str, Any]) -> Selection:
     trials = ranking_lib.records(study, space, output_dir / TRIALS)
     choice = ranking_lib.choose(trials, final_epochs, args.tie_break)
     search_used = spent(study, budget.unit)
+    earlier = _earlier_finals_cost(output_dir, _final_folder(output_dir, choice.trial), budget)
     measured = seconds_per_epoch(study, split.seconds_per_epoch)
     final = _train_final(
-        choice.trial, split, budget.amount - search_used, measured, base, training_args, output_dir, args.seeds
+        choice.trial,
+        split,
+        budget.amount - search_used - earlier,
+        measured,
+        base,
+        training_args,
+        output_dir,
+        args.seeds,
     )
     model_dir = output_dir / "model"
     _link(model_dir, final[0][0])
@@ -177,7 +185,8 @@ def select(args: SelectArguments, flags: dict[str, Any]) -> Selection:
         choice=choice,
         budget={"budget": budget.describe(), "unit": budget.unit, "search_used": budget.describe(search_used),
                 "final_used": budget.describe(final_used), "final_seeds": len(final),
-                "final_from_search": sum(r.trained_in is not None for _, r in final), "rungs": list(space.rungs)},
+                "final_from_search": sum(r.trained_in is not None for _, r in final), "rungs": list(space.rungs),
+                **({"earlier_finals_used": budget.describe(earlier)} if earlier else {})},
         final=ranking_lib.final_rows(final, output_dir),
     )  # fmt: skip
     ranking_lib.write(result, output_dir)
@@ -269,7 +278,7 @@ def _train_final(
     (at least one: the plan reserved it). Seed 0 is the chosen trial's own run when it trained the full epoch count
     and kept its model (trials run on seed 0 with the same flags): tested, not trained a second time."""
     trained = output_dir / TRIALS / (chosen.folder or "") / f"e{split.final_epochs}"
-    folder = output_dir / "final" / (chosen.folder or f"{chosen.number:03d}")
+    folder = _final_folder(output_dir, chosen)
     first = folder / "seed0"
     if is_finished_run(first):  # a rerun: seed 0 is what it was (trained by an older version, or tested)
         reused = RunResult.load(first).trained_in is not None
@@ -282,6 +291,22 @@ def _train_final(
         make = partial(evaluate_finished_run, trained) if seed == 0 and reused else train_resumably
         final.append((folder / f"seed{seed}", run_once(flags, folder / f"seed{seed}", make)[0]))
     return final
+
+
+def _final_folder(output_dir: Path, chosen: ranking_lib.TrialRecord) -> Path:
+    return output_dir / "final" / (chosen.folder or f"{chosen.number:03d}")
+
+
+def _earlier_finals_cost(output_dir: Path, chosen: Path, budget: Budget) -> float:
+    """What the final runs of another configuration, chosen by an earlier run of the search (a larger --budget can
+    change the choice), trained: the budget counts every run. Runs read back from a trial cost nothing."""
+    cost = 0.0
+    for folder in sorted((output_dir / "final").glob("*/seed*")):
+        if folder.parent != chosen and is_finished_run(folder):
+            result = RunResult.load(folder)
+            if result.trained_in is None:
+                cost += result.num_train_epochs if budget.unit == "epochs" else result.train_runtime_s
+    return cost
 
 
 def _link(link: Path, target: Path) -> None:

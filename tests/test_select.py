@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -326,6 +327,28 @@ def test_a_dead_workers_trial_queued_at_the_end_still_runs(tiny_model, tiny_data
     assert trials[-1].params == trials[0].params, "queued again with the parameters it was queued with"
     assert not [t for t in trials if t.state.name in ("WAITING", "RUNNING")]
     assert run_folders(output_dir) == finished, "it continued in trial 0's folder, whose runs had finished"
+
+
+def test_final_runs_of_an_earlier_choice_count_against_a_larger_budget(tiny_model, tiny_dataset, tmp_path,
+                                                                       monkeypatch):  # fmt: skip
+    """A larger --budget can change the choice; the final runs trained for the first choice stay spent."""
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: False)
+    output_dir = tmp_path / "search"
+    first = search(tiny_model, tiny_dataset, output_dir, budget="12ep", seeds=2).ranking
+    assert (first.budget["final_seeds"], first.budget["final_from_search"]) == (2, 1), "seed 1 trained: 2 epochs"
+    real_choose = select_lib.ranking_lib.choose
+
+    def another(trials, final_epochs, tie_break):
+        others = [t for t in trials if t.number != first.choice.trial.number and t.top[0] == final_epochs]
+        return replace(real_choose(trials, final_epochs, tie_break), trial=others[0])
+
+    monkeypatch.setattr(select_lib.ranking_lib, "choose", another)
+    second = search(tiny_model, tiny_dataset, output_dir, budget="16ep", seeds=2).ranking
+    assert second.choice.trial.number != first.choice.trial.number
+    assert second.budget["earlier_finals_used"] == "2ep"
+    assert "(2ep on those of an earlier choice)" in (output_dir / "ranking.md").read_text()
+    retrained = second.budget["final_seeds"] - second.budget["final_from_search"]
+    assert sum(t.epochs for t in second.trials) + 2 * retrained + 2 <= 16
 
 
 @pytest.mark.parametrize(

@@ -190,6 +190,12 @@ def write(ranking: Ranking, output_dir: Path) -> None:
     write_text_atomic(output_dir / RANKING_MD, markdown(ranking))
 
 
+def _earlier(budget: dict[str, Any]) -> str:
+    """The final runs of a configuration an earlier run of the search chose, where there are any."""
+    earlier = budget.get("earlier_finals_used")
+    return f" ({earlier} on those of an earlier choice)" if earlier else ""
+
+
 def markdown(ranking: Ranking) -> str:
     chosen = ranking.choice.trial
     budget = ranking.budget
@@ -197,8 +203,8 @@ def markdown(ranking: Ranking) -> str:
         "# medft-select: ranking",
         "",
         f"Budget {budget['budget']}: {budget['search_used']} spent on the search, {budget['final_used']} on the "
-        f"final runs. Scores are validation balanced accuracy at the best epoch of each run; every rung is a "
-        "complete schedule of that many epochs.",
+        f"final runs{_earlier(budget)}. Scores are validation balanced accuracy at the best epoch of each run; "
+        "every rung is a complete schedule of that many epochs.",
         "",
         f"**Chosen**: trial {chosen.number}, `{_configuration(chosen.configuration)}`: {ranking.choice.reason}",
         "",
