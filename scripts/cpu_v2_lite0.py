@@ -38,14 +38,30 @@ def grid_summary(runs: pd.DataFrame) -> pd.DataFrame:
     return summary(select_on_validation(runs, METRIC), METRIC).set_index(["dataset", "strategy"])
 
 
-def validation_choices(runs: pd.DataFrame) -> pd.Series:
-    """Per dataset, the strategy the grid itself would pick on validation: the highest mean validation score over
-    its seeds, each strategy at its setting chosen on validation (three times the seeds a search trains at the end,
-    and every setting the grid swept). Ties go to the name that sorts first."""
+def validation_means(runs: pd.DataFrame) -> pd.Series:
+    """Mean validation score over seeds per dataset × strategy of the backbone's runs, each at its setting chosen on
+    validation."""
     chosen = select_on_validation(runs[runs["backbone"] == BACKBONE], METRIC)
-    means = chosen.groupby(["dataset", "strategy"])[f"validation_{METRIC}"].mean().reset_index()
+    return chosen.groupby(["dataset", "strategy"])[f"validation_{METRIC}"].mean()
+
+
+def validation_choices(runs: pd.DataFrame) -> pd.Series:
+    """Per dataset, the strategy the grid itself would pick on validation: the highest of `validation_means` (three
+    times the seeds a search trains at the end, and every setting the grid swept). Ties go to the name that sorts
+    first."""
+    means = validation_means(runs).reset_index()
     ranked = means.sort_values(["dataset", f"validation_{METRIC}", "strategy"], ascending=[True, False, True])
     return ranked.groupby("dataset")["strategy"].first()
+
+
+def gap(reference: pd.Series, row: pd.Series) -> float:
+    """How far `row`'s mean test score lies below `reference`'s (rows of `grid_summary`)."""
+    return reference[f"test_{METRIC}_mean"] - row[f"test_{METRIC}_mean"]
+
+
+def below_beyond_spreads(reference: pd.Series, row: pd.Series) -> bool:
+    """Issue 10's "below beyond the seed spread": the gap exceeds each strategy's own standard deviation."""
+    return gap(reference, row) > max(reference[f"test_{METRIC}_std"], row[f"test_{METRIC}_std"])
 
 
 def grid_runs() -> pd.DataFrame:

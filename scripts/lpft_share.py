@@ -10,32 +10,21 @@ chosen LP-FT beside FT as issue 10 asks.
 
 from __future__ import annotations
 
-import pandas as pd
-from cpu_v2_lite0 import BACKBONE, METRIC, ROOT, grid_runs, grid_summary, mean_std
+from cpu_v2_lite0 import METRIC, ROOT, below_beyond_spreads, gap, grid_runs, grid_summary, mean_std, validation_means
 
-from medft_hf.report import collect, select_on_validation
+from medft_hf.report import collect
 
 DOCS = ROOT / "docs/results/lpft-share"
 SHARES = {2: "cpu-v2 (2 of 8)", 1: "lpft-share (1 of 8)"}
 
 
-def _lpft_runs() -> dict[int, pd.DataFrame]:
-    grid = grid_runs()
-    return {2: grid[grid["strategy"] == "lpft"], 1: collect(DOCS / "runs")[0]}
-
-
-def _validation(runs: pd.DataFrame) -> pd.Series:
-    """Mean validation score over seeds per dataset, at the fine-tuning rate chosen on validation."""
-    chosen = select_on_validation(runs[runs["backbone"] == BACKBONE], METRIC)
-    return chosen.groupby("dataset")[f"validation_{METRIC}"].mean()
-
-
 def table() -> str:
-    runs = _lpft_runs()
-    validation = {share: _validation(frame) for share, frame in runs.items()}
+    grid = grid_runs()
+    runs = {2: grid[grid["strategy"] == "lpft"], 1: collect(DOCS / "runs")[0]}
+    validation = {share: validation_means(frame).xs("lpft", level="strategy") for share, frame in runs.items()}
     choice = max(validation, key=lambda share: (validation[share].mean(), -share))
     summaries = {share: grid_summary(frame).xs("lpft", level="strategy") for share, frame in runs.items()}
-    ft = grid_summary(grid_runs()).xs("ft", level="strategy")
+    ft = grid_summary(grid).xs("ft", level="strategy")
     header = " | ".join(f"{label}: setting, validation" for label in SHARES.values())
     lines = [f"| dataset | {header} |", "|---|" + "---|" * len(SHARES)]
     for dataset in sorted(validation[choice].index):
@@ -50,10 +39,9 @@ def table() -> str:
     for dataset in sorted(ft.index):
         cells = [mean_std(ft.loc[dataset])]
         for share in SHARES:
-            row = summaries[share].loc[dataset]
-            gap = ft.loc[dataset, f"test_{METRIC}_mean"] - row[f"test_{METRIC}_mean"]
-            spread = max(ft.loc[dataset, f"test_{METRIC}_std"], row[f"test_{METRIC}_std"])
-            cells.append(f"{mean_std(row)}, {gap:+.3f}, {'yes' if gap > spread else 'no'}")
+            row, reference = summaries[share].loc[dataset], ft.loc[dataset]
+            beyond = "yes" if below_beyond_spreads(reference, row) else "no"
+            cells.append(f"{mean_std(row)}, {gap(reference, row):+.3f}, {beyond}")
         lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -16,7 +16,7 @@ import argparse
 from collections.abc import Sequence
 
 import pandas as pd
-from cpu_v2_lite0 import METRIC, ROOT, finished_cells, grid_runs, grid_summary, mean_std
+from cpu_v2_lite0 import METRIC, ROOT, below_beyond_spreads, finished_cells, gap, grid_runs, grid_summary, mean_std
 
 from medft_hf.report import collect
 from medft_hf.study import Cell, Grid, configure_logging, run_cell
@@ -59,21 +59,12 @@ def table(strategies: Sequence[str] = STRATEGIES) -> str:
             cells = [dataset, strategy, row.settings, mean_std(row3), f"{mean_std(row)} ({row.n})"]
             if strategy in others:
                 ref3, ref = three.loc[(dataset, reference)], every.loc[(dataset, reference)]
-                cells += [f"{_gap(ref3, row3):+.3f}", f"{_gap(ref, row):+.3f}", _beyond(ref3, row3), _beyond(ref, row)]
+                beyond = ["yes" if below_beyond_spreads(*pair) else "no" for pair in ((ref3, row3), (ref, row))]
+                cells += [f"{gap(ref3, row3):+.3f}", f"{gap(ref, row):+.3f}", *beyond]
             else:
                 cells += ["–"] * 4
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _gap(reference: pd.Series, row: pd.Series) -> float:
-    return reference[f"test_{METRIC}_mean"] - row[f"test_{METRIC}_mean"]
-
-
-def _beyond(reference: pd.Series, row: pd.Series) -> str:
-    """Issue 10's "below beyond the seed spread": the gap exceeds each strategy's own standard deviation."""
-    spreads = (reference[f"test_{METRIC}_std"], row[f"test_{METRIC}_std"])
-    return "yes" if _gap(reference, row) > max(spreads) else "no"
 
 
 def main() -> None:

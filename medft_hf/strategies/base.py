@@ -102,6 +102,11 @@ class Strategy:
         self._frozen_norms: list[nn.Module] = []
 
     # ---- hooks a strategy may override -------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """The config as this run uses it, defaults that follow the epoch count filled in: what results.json, the
+        model card and the resume identity record, so a run stays described when such a default changes."""
+        return asdict(self.config)
+
     def check(self, num_epochs: int) -> None:
         """Refuse settings that cannot work for a run of `num_epochs` epochs (MedftError names the flag)."""
         self.config.check()
@@ -164,11 +169,6 @@ class Strategy:
         pass
 
     # ---- mechanics shared by every strategy ----------------------------------------------------------
-    def settings(self) -> dict[str, Any]:
-        """The config as this run uses it, defaults that follow the epoch count filled in: what results.json, the
-        model card and the resume identity record, so a run stays described when such a default changes."""
-        return asdict(self.config)
-
     def schedule_signature(self) -> tuple[tuple[int, ...], ...] | None:
         """The blocks frozen in each epoch, for a strategy that does nothing else; None otherwise."""
         if not self.only_freezes:
