@@ -637,7 +637,7 @@ def test_a_committed_report_rebuilds_from_its_runs(study, command, tmp_path, mon
             assert (tmp_path / name).read_bytes() == (kept / name).read_bytes(), name
 
 
-@pytest.mark.parametrize("script", ["select_vs_grid", "more_seeds", "lpft_share"])
+@pytest.mark.parametrize("script", ["select_vs_grid", "more_seeds", "lpft_share", "lpft_extra_probe"])
 def test_a_committed_comparison_rebuilds_from_its_runs(script, monkeypatch):
     """The `table` command of scripts/<script>.py, from the committed runs: the committed comparison.md, byte for
     byte (its numbers are the command's, not typed)."""
