@@ -615,10 +615,13 @@ def _run_locked(grid: Grid, cell: Cell, output_dir: Path) -> str:
     except KeyboardInterrupt:
         raise
     except (Exception, SystemExit) as error:  # a failing cell (argparse exits too) is recorded; the grid goes on
+        checkpoint = latest_complete_checkpoint(output_dir)
         write_json_atomic(
             output_dir / FAILED_FILE,
             {**cell.as_dict(), "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(),
-             "flags": flags},
+             "flags": flags,
+             # what a rerun of the grid continues this cell from (None: it trains the cell from the start)
+             "resumes_from": checkpoint.name if checkpoint else None},
         )  # fmt: skip
         return "failed"
     return "done"

@@ -161,7 +161,7 @@ class StrategyTrainer(Trainer):
         self.strategy.begin_epoch(model, epoch)
         if not resumed_mid_epoch:
             with isolated_rng(derived_seed(self.args.seed, epoch), devices=range(torch.cuda.device_count())):
-                scales = self.strategy.lr_scales(model, epoch, lambda n: self._measurement_batches(n))
+                scales = self.strategy.lr_scales(model, epoch, self._measurement_losses)
             if scales is not None:
                 self._apply_lr_scales(scales)
             new_phase = epoch > 0 and epoch in {phase.start_epoch for phase in self.strategy.phases()}
@@ -187,6 +187,12 @@ class StrategyTrainer(Trainer):
             scheduler.base_lrs[index] = group["initial_lr"] * scale
             group["lr"] = scheduler.base_lrs[index] * scheduler.lr_lambdas[index](scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in groups]
+
+    def _measurement_losses(self, count: int) -> Iterator[torch.Tensor]:
+        """The training loss on each of `count` random training batches, computed as training computes it (the
+        Trainer's `compute_loss`: --class_weights, label smoothing) but without the strategy's penalty."""
+        for batch in self._measurement_batches(count):
+            yield super().compute_loss(self.model, batch)
 
     def _measurement_batches(self, count: int) -> Iterator[dict[str, torch.Tensor]]:
         """`count` random training batches (with training augmentation), drawn from the current RNG."""

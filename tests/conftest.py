@@ -8,7 +8,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import datasets
@@ -118,6 +118,7 @@ def make_trainer(
     epochs: int = 2,
     image_size: int = 32,
     cached: bool = False,
+    loss: Callable | None = None,
     **flags,
 ) -> tuple[StrategyTrainer, Snapshots]:
     """A StrategyTrainer built with the library's own pieces, exactly as train.py builds it: training rows through
@@ -146,6 +147,7 @@ def make_trainer(
         model=model,
         args=args,
         train_dataset=image_datasets(splits, preprocessing, seed=0, cached=cached)[0],
+        compute_loss_func=loss,
         strategy=built,
     )
     snapshots = Snapshots(model)

@@ -314,6 +314,39 @@ def test_auto_rgn_rates_are_base_times_rgn_over_max_with_the_scheduler(
         assert torch.equal(b, buffers[name]), f"measuring changed {name}"
 
 
+def test_auto_rgn_measures_the_class_weighted_loss_it_trains_on(tiny_model, tiny_dataset, tmp_path):
+    weights = torch.tensor([4.0, 0.25, 1.0])
+    trainer, _ = make_trainer(
+        "auto_rgn", tiny_model, tiny_dataset, tmp_path, rgn_batches=2, loss=weighted_cross_entropy(weights)
+    )
+    model, strategy = trainer.model, trainer.strategy
+    with isolated_rng(derived_seed(0, 0)):
+        measured = strategy.relative_gradient_norms(model, trainer._measurement_losses)
+    with isolated_rng(derived_seed(0, 0)):  # the same batches, for an independent computation
+        batches = list(trainer._measurement_batches(2))
+    named = dict(model.named_parameters())
+
+    def rgn(weighted: bool) -> dict[str, float]:
+        sums = dict.fromkeys(strategy.names, 0.0)
+        model.train()
+        for batch in batches:
+            model.zero_grad()
+            labels = batch["labels"]
+            log_p = torch.log_softmax(model(pixel_values=batch["pixel_values"]).logits.float(), -1)
+            per_image = -log_p[torch.arange(len(labels)), labels]
+            scale = weights[labels] if weighted else torch.ones(len(labels))
+            ((per_image * scale).sum() / len(labels)).backward()
+            for n in strategy.names:
+                sums[n] += (named[n].grad.norm() / named[n].norm()).item() / len(batches)
+        return sums
+
+    weighted, unweighted = rgn(weighted=True), rgn(weighted=False)
+    pretrained = [n for n in strategy.names if named[n].any()]
+    for n in pretrained:
+        assert measured[n] == pytest.approx(weighted[n], rel=1e-4), n
+    assert any(abs(weighted[n] / unweighted[n] - 1) > 0.01 for n in pretrained), "the weights change the gradients"
+
+
 def test_auto_rgn_trains_and_leaves_batchnorm_parameters_alone(tiny_model, tiny_dataset, tmp_path):
     trainer, snaps = make_trainer("auto_rgn", tiny_model, tiny_dataset, tmp_path, epochs=2)
     trainer.train()

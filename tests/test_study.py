@@ -20,6 +20,7 @@ import pytest
 import yaml
 from test_train import ROOT
 
+from medft_hf.checkpoints import STATE_FILE
 from medft_hf.claims import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, paper_claims
 from medft_hf.errors import MedftError
 from medft_hf.report import collect, select_on_validation, summary, write_report
@@ -662,11 +663,15 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tiny_model, tiny_datase
     }  # fmt: skip
     grid_file, out = tmp_path / "mixed.yaml", tmp_path / "out"
     grid_file.write_text(yaml.safe_dump(spec))
+    checkpoint = out / "missing/tiny-net/lp/default/seed0/checkpoint-7"  # as an interrupted earlier try left it
+    checkpoint.mkdir(parents=True)
+    (checkpoint / STATE_FILE).write_text("{}")
     with pytest.raises(SystemExit) as exit_info:
         main([str(grid_file), "--output_dir", str(out)])
     assert exit_info.value.code == 1
     failed = json.loads((out / "missing/tiny-net/lp/default/seed0/failed.json").read_text())
     assert "no-such-data: not found" in failed["error"]
+    assert failed["resumes_from"] == "checkpoint-7", "failed.json names what a rerun continues from"
     assert (out / "tiny-data/tiny-net/lp/default/seed0/results.json").exists(), "the next cell still ran"
     report = write_report(out, tmp_path / "report").read_text()
     assert "`missing/tiny-net/lp/default/seed0`: MedftError" in report

@@ -29,7 +29,7 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from ..modeling import BlockLayout
-from .base import BatchSource, Strategy, StrategyConfig, register_strategy
+from .base import LossSource, Strategy, StrategyConfig, register_strategy
 
 
 @dataclass
@@ -121,8 +121,8 @@ class AutoRGN(Strategy):
         decay_of = {id(p): group["weight_decay"] for group in decay_rule for p in group["params"]}
         return [{"params": [parameters[name]], "weight_decay": decay_of[id(parameters[name])]} for name in self.names]
 
-    def lr_scales(self, model: nn.Module, epoch: int, batches: BatchSource) -> list[float]:
-        rgn = self.relative_gradient_norms(model, batches)
+    def lr_scales(self, model: nn.Module, epoch: int, losses: LossSource) -> list[float]:
+        rgn = self.relative_gradient_norms(model, losses)
         largest = max((rgn[name] for name in self.reference if rgn[name] == rgn[name]), default=0.0)
         scales = {
             name: 1.0 if name in self.at_base_rate or value != value or largest == 0 else min(1.0, value / largest)
@@ -137,7 +137,7 @@ class AutoRGN(Strategy):
         )
         return [scales[name] for name in self.names]
 
-    def relative_gradient_norms(self, model: nn.Module, batches: BatchSource) -> dict[str, float]:
+    def relative_gradient_norms(self, model: nn.Module, losses: LossSource) -> dict[str, float]:
         """Mean over batches of ‖∇w‖/‖w‖ per tensor (NaN where w = 0), in training mode, leaving every buffer as
         it was."""
         parameters = dict(model.named_parameters())
@@ -146,8 +146,8 @@ class AutoRGN(Strategy):
         gradient_norms = torch.zeros(len(tensors), dtype=torch.float64)
         count = 0
         model.train()
-        for batch in batches(self.config.rgn_batches):
-            gradients = torch.autograd.grad(model(**batch).loss, tensors, allow_unused=True)
+        for loss in losses(self.config.rgn_batches):
+            gradients = torch.autograd.grad(loss, tensors, allow_unused=True)
             gradient_norms += torch.stack(
                 [torch.zeros(()) if g is None else g.detach().norm().cpu() for g in gradients]
             ).double()

@@ -24,7 +24,9 @@ from torch import nn
 from ..errors import MedftError
 from ..modeling import BlockLayout
 
-BatchSource = Callable[[int], Iterable[dict[str, torch.Tensor]]]
+# The training loss as the optimizer sees it (class weights and label smoothing included, the strategy's penalty not)
+# on each of `n` fresh training batches, each with its graph: what a strategy differentiates to measure gradients.
+LossSource = Callable[[int], Iterable[torch.Tensor]]
 
 
 @dataclass
@@ -145,7 +147,7 @@ class Strategy:
         """Optimizer groups over all parameters: timm's split (no decay for biases and norms)."""
         return param_groups_weight_decay(model, weight_decay)
 
-    def lr_scales(self, model: nn.Module, epoch: int, batches: BatchSource) -> list[float] | None:
+    def lr_scales(self, model: nn.Module, epoch: int, losses: LossSource) -> list[float] | None:
         """Per-group learning-rate factors for this epoch, applied on top of the scheduler; None = all 1."""
         return None
 
