@@ -24,8 +24,9 @@ from torch import nn
 from ..errors import MedftError
 from ..modeling import BlockLayout
 
-# The training loss as the optimizer sees it (class weights and label smoothing included, the strategy's penalty not)
-# on each of `n` fresh training batches, each with its graph: what a strategy differentiates to measure gradients.
+# The training loss of each of `n` fresh training batches, as the Trainer computes it for one batch (class weights and
+# label smoothing included, the strategy's penalty not), each with its graph: what a strategy differentiates to
+# measure gradients.
 LossSource = Callable[[int], Iterable[torch.Tensor]]
 
 
