@@ -7,13 +7,14 @@ reproduced" (it is not seen, and the data either show the opposite at ALPHA or e
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .report_stats import ALPHA, NOTABLE_GAIN, per_case_tests, signed_rank_p, smallest_p
+from .report_stats import ALPHA, NOTABLE_GAIN, REFERENCE, per_case_tests, signed_rank_p, smallest_p
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTABLE = (
     "reproduced", "not reproduced", "inconclusive", "not testable here"
@@ -31,7 +32,7 @@ class Claim:
         return asdict(self)
 
 
-def lpft_beats_ft(tests: pd.DataFrame) -> Claim:
+def lpft_beats_ft(tests: pd.DataFrame, selected: pd.DataFrame) -> Claim:
     """LP-FT gives notable improvements over ft in more than half of the cases."""
     claim = "LP-FT improves notably on full fine-tuning in more than half of the cases."
     if tests.empty or "lpft" not in set(tests["strategy"]):
@@ -42,6 +43,7 @@ def lpft_beats_ft(tests: pd.DataFrame) -> Claim:
         f"notable gains (Δ ≥ {NOTABLE_GAIN}) in {row.notable_gains} / {_count(row.cases, 'case')} ({share:.0%}); "
         f"mean Δ {row.mean_difference:+.3f}, 95% bootstrap interval over cases [{row.ci_low:+.3f}, "
         f"{row.ci_high:+.3f}]; signed-rank p = {row.p_value:.3g}, Holm-adjusted {row.p_holm:.3g}"
+        + _probe_budget(selected)
     )
     if share > 0.5 and row.mean_difference > 0 and row.p_holm < ALPHA:
         return Claim(claim, REPRODUCED, statistics, "a majority of notable gains, and LP-FT > ft over cases.")
@@ -51,6 +53,22 @@ def lpft_beats_ft(tests: pd.DataFrame) -> Claim:
         return Claim(claim, NOT_REPRODUCED, statistics, f"no majority of notable gains, and the interval excludes "
                      f"a mean gain of {NOTABLE_GAIN}.")  # fmt: skip
     return Claim(claim, INCONCLUSIVE, statistics, _undecided(row.cases, row.smallest_possible_p, len(tests)))
+
+
+def _probe_budget(selected: pd.DataFrame) -> str:
+    """How LP-FT's epochs split against ft's, where the runs record it: whether its probe came out of the epochs ft
+    fine-tunes for (the study's default) or on top of them (Kumar et al.) changes what the verdict means."""
+    lpft = selected[selected["strategy"] == "lpft"]
+    probes = [json.loads(config).get("lp_epochs") for config in lpft["strategy_config"]]
+    if not probes or None in probes:  # runs made before the probe's length was recorded
+        return ""
+
+    def epochs(values) -> str:
+        return "/".join(str(value) for value in sorted(set(values)))
+
+    fine_tuning = epochs(total - probe for total, probe in zip(lpft["epochs"], probes, strict=True))
+    ft = epochs(selected.loc[selected["strategy"] == REFERENCE, "epochs"])
+    return f"; epochs: LP-FT probing {epochs(probes)} + fine-tuning {fine_tuning}, ft {ft}"
 
 
 def auto_rgn_large_gain(selected: pd.DataFrame, metric: str) -> Claim:
@@ -123,7 +141,7 @@ def paper_claims(
 ) -> list[Claim]:
     """Every claim of the paper's abstract that these runs can speak to, in its order."""
     return [
-        lpft_beats_ft(tests),
+        lpft_beats_ft(tests, selected),
         auto_rgn_large_gain(selected, metric),
         densenet_benefits_most(differences, architectures),
     ]

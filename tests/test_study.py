@@ -549,7 +549,7 @@ def synthetic_runs(gains: dict[str, list[float]], backbones: dict[str, str] | No
                 for seed, noise in enumerate((-0.01, 0.0, 0.01)):
                     gain = 0.0 if per_dataset is None else per_dataset[dataset]
                     rows.append({"dataset": f"d{dataset}", "backbone": backbone, "architecture": architecture,
-                                 "strategy": strategy, "seed": seed,
+                                 "strategy": strategy, "seed": seed, "epochs": 8, "strategy_config": "{}",
                                  "test_balanced_accuracy": 0.70 + gain + noise * (1 + dataset % 3)})  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -577,6 +577,16 @@ def test_verdicts_against_too_few_cases_and_the_opposite_effect():
     worse = verdicts(synthetic_runs({"lpft": [-0.05] * 10, "auto_rgn": [0.0] * 10}))
     assert worse["lpft"].verdict == NOT_REPRODUCED
     assert worse["auto_rgn"].verdict == NOT_REPRODUCED, "no case reaches a notable gain"
+
+
+def test_the_lpft_verdict_says_how_its_epochs_split_against_fts_where_the_runs_record_it():
+    selected = synthetic_runs({"lpft": [0.05] * 10})
+    assert "epochs:" not in verdicts(selected)["lpft"].statistics, "runs that do not record their probe"
+    lpft = selected["strategy"] == "lpft"
+    selected.loc[lpft, "strategy_config"] = json.dumps({"lp_epochs": 1, "lp_share": 0.125})
+    assert verdicts(selected)["lpft"].statistics.endswith("; epochs: LP-FT probing 1 + fine-tuning 7, ft 8")
+    selected.loc[lpft, "epochs"] = 9  # Kumar et al.'s protocol: the probe on top of ft's epochs
+    assert verdicts(selected)["lpft"].statistics.endswith("; epochs: LP-FT probing 1 + fine-tuning 8, ft 8")
 
 
 def test_densenet_gaining_more_than_another_backbone_on_every_dataset_is_reproduced():
