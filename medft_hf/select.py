@@ -165,8 +165,8 @@ def select(args: SelectArguments, flags: dict[str, Any]) -> Selection:
     trials = ranking_lib.records(study, space, output_dir / TRIALS)
     choice = ranking_lib.choose(trials, final_epochs, args.tie_break)
     search_used = spent(study, budget.unit)
-    earlier = _earlier_finals_cost(output_dir, _final_folder(output_dir, choice.trial), budget)
     measured = seconds_per_epoch(study, split.seconds_per_epoch)
+    earlier = _earlier_finals_cost(output_dir, _final_folder(output_dir, choice.trial), budget, measured)
     final = _train_final(
         choice.trial,
         split,
@@ -297,16 +297,18 @@ def _final_folder(output_dir: Path, chosen: ranking_lib.TrialRecord) -> Path:
     return output_dir / "final" / (chosen.folder or f"{chosen.number:03d}")
 
 
-def _earlier_finals_cost(output_dir: Path, chosen: Path, budget: Budget) -> float:
+def _earlier_finals_cost(output_dir: Path, chosen: Path, budget: Budget, seconds_per_epoch: float) -> float:
     """What the final runs of another configuration, chosen by an earlier run of the search (a larger --budget can
-    change the choice), trained: the budget counts every run. Runs read back from a trial cost nothing."""
-    cost = 0.0
-    for folder in sorted((output_dir / "final").glob("*/seed*")):
-        if folder.parent != chosen and is_finished_run(folder):
-            result = RunResult.load(folder)
-            if result.trained_in is None:
-                cost += result.num_train_epochs if budget.unit == "epochs" else result.train_runtime_s
-    return cost
+    change the choice), trained: the budget counts every run, each costed as the chosen final runs are. Runs read
+    back from a trial cost nothing."""
+    epochs = sum(
+        result.num_train_epochs
+        for folder in sorted((output_dir / "final").glob("*/seed*"))
+        if folder.parent != chosen and is_finished_run(folder)
+        for result in [RunResult.load(folder)]
+        if result.trained_in is None
+    )
+    return budget.cost(epochs, seconds_per_epoch)
 
 
 def _link(link: Path, target: Path) -> None:

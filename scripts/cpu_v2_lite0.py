@@ -64,6 +64,12 @@ def below_beyond_spreads(reference: pd.Series, row: pd.Series) -> bool:
     return gap(reference, row) > max(reference[f"test_{METRIC}_std"], row[f"test_{METRIC}_std"])
 
 
+def against(reference: pd.Series, row: pd.Series) -> str:
+    """`row`'s test score, its gap below `reference` and whether that gap is beyond both spreads, as table cells."""
+    beyond = "yes" if below_beyond_spreads(reference, row) else "no"
+    return f"{mean_std(row)}, {gap(reference, row):+.3f}, {beyond}"
+
+
 def grid_runs() -> pd.DataFrame:
     return collect(GRID_RUNS)[0]
 

@@ -10,7 +10,7 @@ only read, to set each beside FT as issue 10 asks.
 
 from __future__ import annotations
 
-from cpu_v2_lite0 import METRIC, ROOT, below_beyond_spreads, gap, grid_runs, grid_summary, mean_std, validation_means
+from cpu_v2_lite0 import METRIC, ROOT, against, grid_runs, grid_summary, mean_std, validation_means
 
 from medft_hf.report import collect
 from medft_hf.results import RESULTS_FILE, RunResult
@@ -38,10 +38,7 @@ def table() -> str:
         for name in PROTOCOLS:
             row = summaries[name].loc[dataset]
             rate = row.settings.split("ft_learning_rate=")[1]
-            beyond = "yes" if below_beyond_spreads(reference, row) else "no"
-            cells.append(
-                f"{rate}, {validation[name][dataset]:.3f}, {mean_std(row)}, {gap(reference, row):+.3f}, {beyond}"
-            )
+            cells.append(f"{rate}, {validation[name][dataset]:.3f}, {against(reference, row)}")
         lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
     means = ", ".join(f"LP-FT {label} {validation[name].mean():.4f}" for name, (label, _) in PROTOCOLS.items())
     lines += ["", f"Mean validation score over the datasets: {means}."]

@@ -10,7 +10,7 @@ chosen LP-FT beside FT as issue 10 asks.
 
 from __future__ import annotations
 
-from cpu_v2_lite0 import METRIC, ROOT, below_beyond_spreads, gap, grid_runs, grid_summary, mean_std, validation_means
+from cpu_v2_lite0 import METRIC, ROOT, against, grid_runs, grid_summary, mean_std, validation_means
 
 from medft_hf.report import collect
 
@@ -38,10 +38,7 @@ def table() -> str:
     lines += [f"| dataset | ft (cpu-v2): test {METRIC} | {header} |", "|---|---|" + "---|" * len(SHARES)]
     for dataset in sorted(ft.index):
         cells = [mean_std(ft.loc[dataset])]
-        for share in SHARES:
-            row, reference = summaries[share].loc[dataset], ft.loc[dataset]
-            beyond = "yes" if below_beyond_spreads(reference, row) else "no"
-            cells.append(f"{mean_std(row)}, {gap(reference, row):+.3f}, {beyond}")
+        cells += [against(ft.loc[dataset], summaries[share].loc[dataset]) for share in SHARES]
         lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
