@@ -659,6 +659,36 @@ def test_a_committed_comparison_rebuilds_from_its_runs(script, monkeypatch):
     assert module.table() == (module.DOCS / "comparison.md").read_text()
 
 
+def test_bench_runs_times_whole_runs_of_both_protocols_in_pairs(tiny_model, tiny_dataset, tmp_path, monkeypatch):
+    """scripts/bench_runs.py: each protocol's own arguments plus the shared ones make a complete run (every repeat in a
+    fresh folder, so nothing resumes), and the ratios it reports are the second's seconds over the first's."""
+    shared = ["--model", str(tiny_model), "--dataset", str(tiny_dataset), "--image_size", "32", "--use_cpu",
+              "--save_model", "false", "--bootstrap_resamples", "0"]  # fmt: skip
+    output = tmp_path / "pair"
+    protocols = ["--first", "--strategy ft --num_train_epochs 1",
+                 "--second", "--strategy lpft --num_train_epochs 2 --lp_epochs 1"]  # fmt: skip
+    argv = ["bench_runs.py", "--repeats", "2", "--output", str(output), *protocols, "--", *shared]
+    monkeypatch.setattr(sys, "argv", argv)
+    spec = importlib.util.spec_from_file_location("bench_runs", ROOT / "scripts" / "bench_runs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    finished, folders, train = [], [], module.train
+
+    def train_and_keep(argv: list[str]) -> None:
+        train(argv)
+        folders.append(argv[argv.index("--output_dir") + 1])
+        finished.append(RunResult.load(folders[-1]))
+
+    monkeypatch.setattr(module, "train", train_and_keep)
+    module.main()
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert [(r.strategy, r.num_train_epochs) for r in finished] == [("ft", 1), ("lpft", 2)] * 2
+    assert len(set(folders)) == 4, "every run in a folder of its own: none resumed (or skipped) an earlier one"
+    first, second = record["seconds"]["first"], record["seconds"]["second"]
+    assert record["ratios"] == pytest.approx([b / a for a, b in zip(first, second, strict=True)])
+    assert "second / first, per pair" in output.with_suffix(".txt").read_text()
+
+
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tiny_model, tiny_dataset, tmp_path):
     from medft_hf.study import main
 
