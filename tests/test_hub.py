@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -96,13 +97,21 @@ def test_model_card_metadata_equals_results_json(tmp_path):
 hub_server = hub_server_module.hub_server  # the fixture
 
 
+@pytest.fixture(scope="module")
+def trained(tiny_model, tiny_dataset, tmp_path_factory):
+    """A tiny LP-FT run, trained once for the tests that push it (each gets its own copy)."""
+    output_dir = tmp_path_factory.mktemp("trained") / "run"
+    train(tiny_model, tiny_dataset, output_dir, "--strategy", "lpft", "--modality", "X-ray")
+    return output_dir
+
+
 @pytest.fixture
-def pushed(hub_server, tiny_model, tiny_dataset, tmp_path):
-    """A tiny model trained and pushed by `train.py --push_to_hub` to the local Hub."""
+def pushed(hub_server, trained, tmp_path):
+    """A copy of `trained`, pushed to a fresh local Hub by `medft-push model` (`push_model`)."""
     output_dir = tmp_path / "run"
-    results = train(tiny_model, tiny_dataset, output_dir, "--strategy", "lpft", "--push_to_hub",
-                    "--hub_model_id", "tester/tiny-lpft", "--modality", "X-ray")  # fmt: skip
-    return output_dir, results
+    shutil.copytree(trained, output_dir)
+    push_model(output_dir, "tester/tiny-lpft", delay_s=0)
+    return output_dir
 
 
 def _local_hashes(folder):
@@ -134,14 +143,19 @@ def test_a_card_from_a_local_copy_names_the_hub_sources_and_no_pushed_file_holds
             assert local.encode() not in hub_server.read_file("tester/from-local", name), f"{local} is in {name}"
 
 
-def test_results_json_records_where_the_run_was_pushed(pushed):
-    output_dir, results = pushed
+def test_train_push_to_hub_pushes_the_run_and_records_where(hub_server, tiny_model, tiny_dataset, tmp_path):
+    output_dir = tmp_path / "run"
+    results = train(tiny_model, tiny_dataset, output_dir, "--strategy", "lpft", "--push_to_hub",
+                    "--hub_model_id", "tester/tiny-lpft", "--modality", "X-ray")  # fmt: skip
     assert "tester/tiny-lpft" in results.pushed_to
     assert json.loads((output_dir / "results.json").read_text())["pushed_to"] == results.pushed_to
+    assert {"model.safetensors", "results.json", "README.md"} <= set(hub_server.list_files("tester/tiny-lpft"))
+    pushed_results = json.loads(hub_server.read_file("tester/tiny-lpft", "results.json"))
+    assert pushed_results["pushed_to"] is None, "the copy pushed was written before the push"
 
 
 def test_a_pushed_model_loads_three_ways_with_the_local_predictions(pushed, hub_server, tiny_dataset):
-    output_dir, _ = pushed
+    output_dir = pushed
     files = set(hub_server.list_files("tester/tiny-lpft"))
     assert {"config.json", "model.safetensors", "results.json", "README.md", "training_curves.png",
             "confusion_matrix.png"} <= files  # fmt: skip
@@ -167,7 +181,7 @@ def test_a_pushed_model_loads_three_ways_with_the_local_predictions(pushed, hub_
 
 
 def test_the_pushed_card_parses_and_its_model_index_equals_results_json(pushed, hub_server):
-    output_dir, _ = pushed
+    output_dir = pushed
     card = ModelCard.load("tester/tiny-lpft")
     on_disk = json.loads((output_dir / "results.json").read_text())
     assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
@@ -180,7 +194,7 @@ def test_the_pushed_card_parses_and_its_model_index_equals_results_json(pushed, 
 
 
 def test_server_errors_are_retried_then_reported_with_local_files_intact(pushed, hub_server):
-    output_dir, _ = pushed
+    output_dir = pushed
     before = _local_hashes(output_dir)
     hub_server.fail_next(2)  # two 500s, then the retry goes through
     assert push_model(output_dir, "tester/again", delay_s=0).startswith(hub_server.endpoint)
@@ -192,7 +206,7 @@ def test_server_errors_are_retried_then_reported_with_local_files_intact(pushed,
 
 
 def test_an_error_from_the_xet_upload_path_ends_as_the_same_clear_push_failure(pushed, monkeypatch):
-    output_dir, _ = pushed
+    output_dir = pushed
     before = _local_hashes(output_dir)
 
     def xet_failure(*args, **kwargs):
@@ -206,7 +220,7 @@ def test_an_error_from_the_xet_upload_path_ends_as_the_same_clear_push_failure(p
 
 
 def test_a_connection_dropped_mid_push_is_retried_and_the_cli_exit_code_says_when_it_failed(pushed, hub_server):
-    output_dir, _ = pushed
+    output_dir = pushed
     hub_server.drop_next(1)
     assert push_model(output_dir, "tester/dropped", delay_s=0)
     assert "model.safetensors" in hub_server.list_files("tester/dropped")
