@@ -1,16 +1,18 @@
 """Whole training runs, timed in pairs: what one protocol costs against another from the first line of the run to its
 `results.json`, everything a user waits for included (loading, a feature pass, evaluation), the interpreter's start
-and imports excluded (both protocols run in this one process, so those are paid once).
+and imports excluded (both protocols run in this one process, so those are paid once). The Trainer's own
+`train_runtime_s` (the epochs alone) is recorded beside it.
 
-    python scripts/bench_runs.py --repeats 3 --output docs/performance/runs-cpu-lite0-64px-lpft-stored-probe \\
+    python scripts/bench_runs.py --repeats 4 --output docs/performance/runs-cpu-lite0-64px-lpft-stored-probe \\
         --first "--strategy ft --num_train_epochs 8" \\
         --second "--strategy lpft --num_train_epochs 9 --lp_epochs 1 --cache_features" \\
         -- --model ../shared/hub/tf_efficientnet_lite0.in1k_mli --dataset ../shared/data/lc25000-lung-histology \\
-        --image_size 64 --max_train_samples 600 --use_cpu --save_model false --bootstrap_resamples 0
+        --image_size 64 --max_train_samples 600 --per_device_train_batch_size 32 --use_cpu --save_model false
 
-The arguments after `--` go to both protocols. Each repeat runs the first protocol and then the second, back to back
-(absolute speeds move between minutes: compare the ratios of pairs); a fresh output folder every time, so nothing
-resumes. Writes <output>.txt (the table) and <output>.json (the raw seconds).
+The arguments after `--` go to both protocols. The two runs of a pair go back to back, the first protocol first in
+even pairs and second in odd ones, so that neither always has the warmer or the cooler machine (absolute speeds move
+between minutes: compare the ratios of pairs); a fresh output folder every time, so nothing resumes. Writes
+<output>.txt (the table) and <output>.json (the raw seconds).
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from medft_hf.results import RunResult
 from medft_hf.train import main as train
 
 
-def timed_run(arguments: list[str], folder: Path) -> float:
+def timed_run(arguments: list[str], folder: Path) -> tuple[float, float]:
+    """(seconds from the call to `results.json`, the run's `train_runtime_s`)."""
     start = time.perf_counter()
     train([*arguments, "--output_dir", str(folder)])
-    return time.perf_counter() - start
+    return time.perf_counter() - start, RunResult.load(folder).train_runtime_s
 
 
 def main() -> None:
@@ -39,27 +43,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--first", required=True, help="the first protocol's own arguments, quoted")
     parser.add_argument("--second", required=True, help="the second protocol's own arguments, quoted")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=4, help="pairs (even, so that each protocol leads as often)")
     parser.add_argument("--output", type=Path, required=True, help="path without suffix for .txt and .json")
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     protocols = {"first": shlex.split(args.first), "second": shlex.split(args.second)}
-    seconds: dict[str, list[float]] = {name: [] for name in protocols}
+    wall: dict[str, list[float]] = {name: [] for name in protocols}
+    training: dict[str, list[float]] = {name: [] for name in protocols}
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeats):
-            for name, own in protocols.items():
-                seconds[name].append(timed_run([*own, *shared], Path(scratch) / f"{name}-{repeat}"))
-    ratios = [second / first for first, second in zip(seconds["first"], seconds["second"], strict=True)]
+            for name in list(protocols)[:: 1 if repeat % 2 == 0 else -1]:
+                seconds, train_runtime = timed_run([*protocols[name], *shared], Path(scratch) / f"{name}-{repeat}")
+                wall[name].append(seconds)
+                training[name].append(train_runtime)
+    ratios = {kind: _ratios(times) for kind, times in (("whole run", wall), ("train_runtime_s", training))}
     lines = [
         f"shared arguments: {shlex.join(shared)}",
         *(f"{name}: {shlex.join(own)}" for name, own in protocols.items()),
-        *(f"{name} (s): " + ", ".join(f"{s:.1f}" for s in seconds[name]) for name in protocols),
-        f"second / first, per pair: {', '.join(f'{r:.3f}' for r in ratios)} (median {statistics.median(ratios):.3f})",
+        "order: " + ", ".join("first, second" if r % 2 == 0 else "second, first" for r in range(args.repeats)),
     ]
+    for kind, times in (("whole run", wall), ("train_runtime_s", training)):
+        lines += [f"{name}, {kind} (s): " + ", ".join(f"{s:.1f}" for s in times[name]) for name in protocols]
+        median = statistics.median(ratios[kind])
+        lines.append(
+            f"second / first, {kind}, per pair: {', '.join(f'{r:.3f}' for r in ratios[kind])} (median {median:.3f})"
+        )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.with_suffix(".txt").write_text("\n".join(lines) + "\n")
-    record = {"shared": shared, "protocols": protocols, "seconds": seconds, "ratios": ratios}
+    record = {"shared": shared, "protocols": protocols, "seconds": wall, "train_runtime_s": training, "ratios": ratios}
     args.output.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print("\n".join(lines))
+
+
+def _ratios(times: dict[str, list[float]]) -> list[float]:
+    return [second / first for first, second in zip(times["first"], times["second"], strict=True)]
 
 
 if __name__ == "__main__":

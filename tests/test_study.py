@@ -661,7 +661,8 @@ def test_a_committed_comparison_rebuilds_from_its_runs(script, monkeypatch):
 
 def test_bench_runs_times_whole_runs_of_both_protocols_in_pairs(tiny_model, tiny_dataset, tmp_path, monkeypatch):
     """scripts/bench_runs.py: each protocol's own arguments plus the shared ones make a complete run (every repeat in a
-    fresh folder, so nothing resumes), and the ratios it reports are the second's seconds over the first's."""
+    fresh folder, so nothing resumes), the protocols take turns at leading a pair, and the ratios it reports are the
+    second's seconds over the first's, pair by pair, for whole runs and for the Trainer's train_runtime_s."""
     shared = ["--model", str(tiny_model), "--dataset", str(tiny_dataset), "--image_size", "32", "--use_cpu",
               "--save_model", "false", "--bootstrap_resamples", "0"]  # fmt: skip
     output = tmp_path / "pair"
@@ -682,11 +683,14 @@ def test_bench_runs_times_whole_runs_of_both_protocols_in_pairs(tiny_model, tiny
     monkeypatch.setattr(module, "train", train_and_keep)
     module.main()
     record = json.loads(output.with_suffix(".json").read_text())
-    assert [(r.strategy, r.num_train_epochs) for r in finished] == [("ft", 1), ("lpft", 2)] * 2
+    assert [(r.strategy, r.num_train_epochs) for r in finished] == [("ft", 1), ("lpft", 2), ("lpft", 2), ("ft", 1)]
     assert len(set(folders)) == 4, "every run in a folder of its own: none resumed (or skipped) an earlier one"
-    first, second = record["seconds"]["first"], record["seconds"]["second"]
-    assert record["ratios"] == pytest.approx([b / a for a, b in zip(first, second, strict=True)])
-    assert "second / first, per pair" in output.with_suffix(".txt").read_text()
+    runtimes = [r.train_runtime_s for r in finished]
+    assert record["train_runtime_s"] == {"first": [runtimes[0], runtimes[3]], "second": [runtimes[1], runtimes[2]]}
+    for kind, times in (("whole run", record["seconds"]), ("train_runtime_s", record["train_runtime_s"])):
+        expected = [b / a for a, b in zip(times["first"], times["second"], strict=True)]
+        assert record["ratios"][kind] == pytest.approx(expected)
+    assert "second / first, train_runtime_s, per pair" in output.with_suffix(".txt").read_text()
 
 
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tiny_model, tiny_dataset, tmp_path):
