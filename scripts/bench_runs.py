@@ -29,6 +29,8 @@ from pathlib import Path
 from medft_hf.results import RunResult
 from medft_hf.train import main as train
 
+KINDS = ("whole run", "train_runtime_s")  # what `timed_run` returns, in its order
+
 
 def timed_run(arguments: list[str], folder: Path) -> tuple[float, float]:
     """(seconds from the call to `results.json`, the run's `train_runtime_s`)."""
@@ -39,43 +41,42 @@ def timed_run(arguments: list[str], folder: Path) -> tuple[float, float]:
 
 def main() -> None:
     argv = sys.argv[1:]
-    shared = argv[argv.index("--") + 1 :] if "--" in argv else []
+    split = argv.index("--") if "--" in argv else len(argv)
+    own_argv, shared = argv[:split], argv[split + 1 :]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--first", required=True, help="the first protocol's own arguments, quoted")
     parser.add_argument("--second", required=True, help="the second protocol's own arguments, quoted")
     parser.add_argument("--repeats", type=int, default=4, help="pairs (even, so that each protocol leads as often)")
     parser.add_argument("--output", type=Path, required=True, help="path without suffix for .txt and .json")
-    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args = parser.parse_args(own_argv)
     protocols = {"first": shlex.split(args.first), "second": shlex.split(args.second)}
-    wall: dict[str, list[float]] = {name: [] for name in protocols}
-    training: dict[str, list[float]] = {name: [] for name in protocols}
+    # seconds[kind][protocol]: one entry per pair, for the whole run and for the Trainer's epochs alone
+    seconds: dict[str, dict[str, list[float]]] = {kind: {name: [] for name in protocols} for kind in KINDS}
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeats):
             for name in list(protocols)[:: 1 if repeat % 2 == 0 else -1]:
-                seconds, train_runtime = timed_run([*protocols[name], *shared], Path(scratch) / f"{name}-{repeat}")
-                wall[name].append(seconds)
-                training[name].append(train_runtime)
-    ratios = {kind: _ratios(times) for kind, times in (("whole run", wall), ("train_runtime_s", training))}
+                timings = timed_run([*protocols[name], *shared], Path(scratch) / f"{name}-{repeat}")
+                for kind, value in zip(KINDS, timings, strict=True):
+                    seconds[kind][name].append(value)
+    ratios = {
+        kind: [second / first for first, second in zip(times["first"], times["second"], strict=True)]
+        for kind, times in seconds.items()
+    }
     lines = [
         f"shared arguments: {shlex.join(shared)}",
         *(f"{name}: {shlex.join(own)}" for name, own in protocols.items()),
         "order: " + ", ".join("first, second" if r % 2 == 0 else "second, first" for r in range(args.repeats)),
     ]
-    for kind, times in (("whole run", wall), ("train_runtime_s", training)):
+    for kind, times in seconds.items():
         lines += [f"{name}, {kind} (s): " + ", ".join(f"{s:.1f}" for s in times[name]) for name in protocols]
-        median = statistics.median(ratios[kind])
-        lines.append(
-            f"second / first, {kind}, per pair: {', '.join(f'{r:.3f}' for r in ratios[kind])} (median {median:.3f})"
-        )
+        per_pair = ", ".join(f"{r:.3f}" for r in ratios[kind])
+        lines.append(f"second / first, {kind}, per pair: {per_pair} (median {statistics.median(ratios[kind]):.3f})")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.with_suffix(".txt").write_text("\n".join(lines) + "\n")
-    record = {"shared": shared, "protocols": protocols, "seconds": wall, "train_runtime_s": training, "ratios": ratios}
+    record = {"shared": shared, "protocols": protocols, "seconds": seconds["whole run"],
+              "train_runtime_s": seconds["train_runtime_s"], "ratios": ratios}  # fmt: skip
     args.output.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print("\n".join(lines))
-
-
-def _ratios(times: dict[str, list[float]]) -> list[float]:
-    return [second / first for first, second in zip(times["first"], times["second"], strict=True)]
 
 
 if __name__ == "__main__":
